@@ -1,0 +1,25 @@
+"""jax_scg: gradient estimation with stochastic computation graphs, as a JAX transformation.
+
+Schulman, Heess, Weber & Abbeel (2015), "Gradient Estimation Using Stochastic Computation
+Graphs", in the any-order DiCE form (Foerster et al. 2018).
+"""
+
+from jax_scg import distributions as distributions
+from jax_scg._src.errors import SiteError as SiteError
+from jax_scg._src.interpreter import magic_box as magic_box
+from jax_scg._src.primitive import sample as sample
+from jax_scg._src.surrogate import grad as grad
+from jax_scg._src.surrogate import surrogate as surrogate
+from jax_scg._src.surrogate import value_and_grad as value_and_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SiteError",
+    "distributions",
+    "grad",
+    "magic_box",
+    "sample",
+    "surrogate",
+    "value_and_grad",
+]

@@ -1,0 +1,612 @@
+"""The rewrite: find the stochastic computation graph in a program and evaluate its surrogate.
+
+Three passes over a ``Scope`` (see ``jaxpr.py``), then one evaluation:
+
+1. **Influence** (forward): for every variable, the set of *atoms* that influence it. An atom
+   is a log-probability term available in the scope: a score-function site of the scope
+   (``("site", uid)``), the total over a sub-program's site (``("sub", uid, inner_atom)``), or,
+   inside a loop body, a term from outside (``("outer", atom)``) or the sum of a body atom over
+   the earlier iterations (``("cum", atom)``). Pathwise sites add no atom: their value is a
+   differentiable function of their inputs.
+2. **Cost structure** (backward from the objective): the variables the objective depends on
+   only through linear operations with coefficients no atom influences. These form the *cost
+   tree*; its leaves are the cost nodes. Loops take part: stacked ``scan`` outputs and
+   accumulating carries give one cost node per iteration.
+3. **Demand** (backward): which atoms' log-probabilities are needed, so that nothing else is
+   computed or carried through loops.
+
+The evaluation runs the program on the caller's values (tracers of any enclosing ``jit``,
+``vmap`` or ``grad``), draws each site, and computes beside every cost-tree variable ``v`` its
+surrogate ``s(v)``: at a leaf ``c``, ``magic_box(sum of the log-probabilities of the atoms that
+influence c) * c``; through the tree, the same linear operations on the surrogates. The
+surrogate of the objective is the DiCE objective (Foerster et al. 2018) with per-cost causality
+(Schulman et al. 2015, Corollary 1); its value equals the objective's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jax_scg._src import primitive
+from jax_scg._src.errors import SiteError, site_message
+from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind
+
+EMPTY: frozenset = frozenset()
+
+
+def magic_box(tau):
+    """The DiCE operator: ``exp(tau - stop_gradient(tau))``; its value is 1 and d/dθ ⊡ = ⊡ dτ/dθ."""
+    return jnp.exp(tau - lax.stop_gradient(tau))
+
+
+def _tau_dtype():
+    return jnp.result_type(float)
+
+
+def _is_local(atom) -> bool:
+    return atom[0] not in ("outer", "cum")
+
+
+def _as_outer(atoms: frozenset) -> frozenset:
+    return frozenset(("outer", a) for a in atoms)
+
+
+def _to_parent(atoms: frozenset, uid: int, tag=None) -> frozenset:
+    """Maps body atoms to the enclosing scope: outer ones back, the rest to totals of ``uid``."""
+    out = set()
+    for a in atoms:
+        if a[0] == "outer":
+            out.add(a[1])
+        else:
+            inner = a[1] if a[0] == "cum" else a
+            out.add(("sub", uid, inner if tag is None else (tag, inner)))
+    return frozenset(out)
+
+
+def _next_iteration(atoms: frozenset) -> frozenset:
+    return frozenset(("cum", a) if _is_local(a) else a for a in atoms)
+
+
+def _union(sets) -> frozenset:
+    out = set()
+    for s in sets:
+        out |= s
+    return frozenset(out)
+
+
+class Analysis:
+    """Influence, cost structure and demand for one scope, given its inputs' influence."""
+
+    def __init__(self, scope: Scope, input_influence):
+        self.scope = scope
+        self.influence: dict = dict(zip(scope.inputs, input_influence))
+        self.local_atoms: list = []
+        self.subs: dict = {}
+        self.tree: set = set()
+        self.passthrough: dict = {}
+        self.provided: frozenset = frozenset()
+        self.needed: set = set()
+        for eqn in scope.eqns:
+            outs = rule_for(eqn).influence(self, eqn, [self.of(r) for r in eqn.inputs])
+            self.influence.update(zip(eqn.outputs, outs))
+
+    def of(self, ref) -> frozenset:
+        return EMPTY if isinstance(ref, Const) else self.influence[ref]
+
+    def mark_costs(self, root_positions, provided=frozenset()):
+        """Marks the cost tree below the outputs at ``root_positions``.
+
+        ``provided`` are input variables whose surrogate the caller supplies (loop carries).
+        """
+        self.provided = frozenset(provided)
+        self.passthrough = {}
+        tree = {self.scope.outputs[i] for i in root_positions}
+        tree = {r for r in tree if not isinstance(r, Const)}
+        self.tree = tree
+        for eqn in reversed(self.scope.eqns):
+            tree_outputs = [i for i, o in enumerate(eqn.outputs) if o in tree]
+            if not tree_outputs:
+                continue
+            linear_inputs = rule_for(eqn).mark(self, eqn, tree_outputs)
+            if linear_inputs is None:
+                continue
+            self.passthrough[eqn.uid] = linear_inputs
+            tree.update(r for i, r in enumerate(eqn.inputs) if i in linear_inputs)
+        tree.difference_update(r for r in list(tree) if isinstance(r, Const))
+
+    def leaves(self):
+        computed = {o for e in self.scope.eqns if e.uid in self.passthrough for o in e.outputs}
+        return [v for v in self.tree if v not in computed and v not in self.provided]
+
+    def demand(self, wanted_local=()) -> set:
+        """Records which atoms are needed; returns the ``outer``/``cum`` atoms to be supplied."""
+        need = set(wanted_local)
+        for leaf in self.leaves():
+            need |= self.of(leaf)
+        while True:
+            before = len(need)
+            need |= {a[1] for a in need if a[0] == "cum"}
+            for eqn in reversed(self.scope.eqns):
+                rule_for(eqn).demand(self, eqn, need)
+            if len(need) == before:
+                break
+        self.needed = need
+        return {a for a in need if not _is_local(a)}
+
+
+class Evaluation:
+    """Runs one scope on values, computing the surrogates of its cost tree on the way."""
+
+    def __init__(self, analysis: Analysis, invals, provided_surrogates=None, given_lps=None):
+        self.analysis = analysis
+        self.env = dict(zip(analysis.scope.inputs, invals))
+        self.surrogates = dict(provided_surrogates or {})
+        self.lps = dict(given_lps or {})
+        self._boxes: dict = {}
+        for eqn in analysis.scope.eqns:
+            rule_for(eqn).emit(self, eqn)
+
+    def read(self, ref):
+        return ref.value if isinstance(ref, Const) else self.env[ref]
+
+    def outputs(self):
+        return [self.read(r) for r in self.analysis.scope.outputs]
+
+    def surrogate(self, ref):
+        """``s(ref)``: the value with every cost node below it multiplied by its magic box."""
+        if isinstance(ref, Const):
+            return ref.value
+        if ref not in self.surrogates:
+            value = self.env[ref]
+            atoms = self.analysis.of(ref)
+            if atoms:
+                value = self.box(atoms).astype(jnp.result_type(value)) * value
+            self.surrogates[ref] = value
+        return self.surrogates[ref]
+
+    def box(self, atoms: frozenset):
+        if atoms not in self._boxes:
+            tau = sum(self.lps[a] for a in sorted(atoms, key=repr))
+            self._boxes[atoms] = magic_box(tau)
+        return self._boxes[atoms]
+
+    def set_outputs(self, eqn: Eqn, values):
+        self.env.update(zip(eqn.outputs, values))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-primitive rules. Each rule says how influence flows, whether the equation is linear in
+# some inputs (so the cost tree continues through it), what it demands from sub-programs, and
+# how it is evaluated.
+
+_UNARY_LINEAR = frozenset(
+    {
+        "neg",
+        "reduce_sum",
+        "reshape",
+        "squeeze",
+        "expand_dims",
+        "broadcast_in_dim",
+        "transpose",
+        "copy",
+        "copy_p",
+        "rev",
+        "cumsum",
+        "slice",
+        "reduce_precision",
+    }
+)
+
+
+class Rule:
+    """Default rule: every output depends on every input; re-bound unchanged."""
+
+    def influence(self, an: Analysis, eqn: Eqn, in_influence):
+        for sub in eqn.subs:
+            label = sub.first_site_label()
+            if label is not None:
+                raise SiteError(
+                    site_message(
+                        label,
+                        f"the site is inside `{eqn.name}`, which jax_scg cannot rewrite.",
+                        "move the sample call outside that function (for custom_jvp/"
+                        "custom_vjp functions: sample first and pass the value in).",
+                    )
+                )
+        return [_union(in_influence)] * len(eqn.outputs)
+
+    def mark(self, an: Analysis, eqn: Eqn, tree_outputs):
+        return _linear_inputs(an, eqn)
+
+    def demand(self, an: Analysis, eqn: Eqn, need: set):
+        pass
+
+    def emit(self, ev: Evaluation, eqn: Eqn):
+        invals = [ev.read(r) for r in eqn.inputs]
+        ev.set_outputs(eqn, bind(eqn, invals))
+        linear = ev.analysis.passthrough.get(eqn.uid)
+        if linear is not None:
+            s_in = [
+                ev.surrogate(r) if i in linear else v
+                for i, (r, v) in enumerate(zip(eqn.inputs, invals))
+            ]
+            ev.surrogates.update(zip(eqn.outputs, bind(eqn, s_in)))
+
+
+def _linear_inputs(an: Analysis, eqn: Eqn):
+    """Positions of the inputs the output is linear in, with atom-free coefficients; or None."""
+    name, n = eqn.name, len(eqn.inputs)
+
+    def free(*positions):
+        return all(not an.of(eqn.inputs[i]) for i in positions)
+
+    if name in ("add", "sub", "add_any", "concatenate", "pad"):
+        return tuple(range(n))
+    if name in _UNARY_LINEAR:
+        return (0,)
+    if name == "convert_element_type":
+        src, dst = aval_of(eqn.inputs[0], an.scope).dtype, eqn.params["new_dtype"]
+        floating = jnp.issubdtype(src, jnp.inexact) and jnp.issubdtype(dst, jnp.inexact)
+        return (0,) if floating else None
+    if name in ("mul", "dot_general"):
+        return (0,) if free(1) else (1,) if free(0) else None
+    if name == "div":
+        return (0,) if free(1) else None
+    if name == "select_n":
+        return tuple(range(1, n)) if free(0) else None
+    if name in ("dynamic_slice", "gather"):
+        return (0,) if free(*range(1, n)) else None
+    if name == "dynamic_update_slice":
+        return (0, 1) if free(*range(2, n)) else None
+    return None
+
+
+class SampleRule(Rule):
+    def influence(self, an, eqn, in_influence):
+        site = eqn.params["site"]
+        value_dtype = an.scope.avals[eqn.outputs[0]].dtype
+        base = _union(in_influence)
+        if site.resolved_estimator(value_dtype) == primitive.PATHWISE:
+            return [base]
+        atom = ("site", eqn.uid)
+        an.local_atoms.append(atom)
+        return [base | {atom}]
+
+    def mark(self, an, eqn, tree_outputs):
+        return None
+
+    def emit(self, ev, eqn):
+        site = eqn.params["site"]
+        key, *leaves = [ev.read(r) for r in eqn.inputs]
+        value = primitive.draw(site, key, leaves)
+        atom = ("site", eqn.uid)
+        if site.resolved_estimator(value.dtype) != primitive.PATHWISE:
+            value = lax.stop_gradient(value)
+            if atom in ev.analysis.needed:
+                lp = jnp.sum(primitive.log_prob(site, value, leaves))
+                ev.lps[atom] = lp.astype(_tau_dtype())
+        ev.set_outputs(eqn, [value])
+
+
+@dataclasses.dataclass
+class _BodyInfo:
+    analyses: list  # one Analysis per sub-program (branches, or [body])
+    exported: list = dataclasses.field(default_factory=list)  # (branch index, inner atom)
+    outer_atoms: list = dataclasses.field(default_factory=list)
+
+
+class _SubprogramRule(Rule):
+    """Shared logic for control flow whose sub-programs run once per call (cond, checkpoint)."""
+
+    def branches(self, eqn):
+        return eqn.subs
+
+    def operands(self, eqn, in_influence):
+        return in_influence
+
+    def influence(self, an, eqn, in_influence):
+        ops = [_as_outer(s) for s in self.operands(eqn, in_influence)]
+        analyses = [Analysis(sub, ops) for sub in self.branches(eqn)]
+        an.subs[eqn.uid] = _BodyInfo(analyses)
+        control = _union(in_influence[: len(in_influence) - len(ops)])
+        for b, body_an in enumerate(analyses):
+            an.local_atoms += [("sub", eqn.uid, (b, a)) for a in body_an.local_atoms]
+        return [
+            control
+            | _union(
+                _to_parent(a.of(a.scope.outputs[i]), eqn.uid, b) for b, a in enumerate(analyses)
+            )
+            for i in range(len(eqn.outputs))
+        ]
+
+    def mark(self, an, eqn, tree_outputs):
+        return None
+
+    def demand(self, an, eqn, need):
+        info = an.subs[eqn.uid]
+        info.exported = []
+        for b, body_an in enumerate(info.analyses):
+            wanted = [a for a in body_an.local_atoms if ("sub", eqn.uid, (b, a)) in need]
+            info.exported += [(b, a) for a in wanted]
+            need |= {a[1] for a in body_an.demand(wanted) if a[0] == "outer"}
+
+    def needs_rewrite(self, eqn):
+        return any(sub.first_site_label() is not None for sub in eqn.subs)
+
+    def run_branch(self, ev, eqn, b, operands):
+        """Evaluates branch ``b``; returns its outputs and its exported log-probabilities."""
+        info = ev.analysis.subs[eqn.uid]
+        bev = Evaluation(info.analyses[b], operands)
+        zero = jnp.zeros((), _tau_dtype())
+        lps = [bev.lps[a] if bb == b else zero for bb, a in info.exported]
+        return bev.outputs(), lps
+
+    def record_lps(self, ev, eqn, lps):
+        for (b, a), lp in zip(ev.analysis.subs[eqn.uid].exported, lps):
+            ev.lps[("sub", eqn.uid, (b, a))] = lp
+
+
+class CondRule(_SubprogramRule):
+    def operands(self, eqn, in_influence):
+        return in_influence[1:]
+
+    def emit(self, ev, eqn):
+        if not self.needs_rewrite(eqn):
+            return super().emit(ev, eqn)
+        index, *ops = [ev.read(r) for r in eqn.inputs]
+        branches = [
+            functools.partial(lambda b, *xs: self.run_branch(ev, eqn, b, list(xs)), b)
+            for b in range(len(eqn.subs))
+        ]
+        outs, lps = lax.switch(index, branches, *ops)
+        ev.set_outputs(eqn, outs)
+        self.record_lps(ev, eqn, lps)
+
+
+class CheckpointRule(_SubprogramRule):
+    def emit(self, ev, eqn):
+        if not self.needs_rewrite(eqn):
+            return super().emit(ev, eqn)
+        ops = [ev.read(r) for r in eqn.inputs]
+        fn = jax.checkpoint(
+            lambda *xs: self.run_branch(ev, eqn, 0, list(xs)),
+            prevent_cse=eqn.params.get("prevent_cse", True),
+            policy=eqn.params.get("policy"),
+        )
+        outs, lps = fn(*ops)
+        ev.set_outputs(eqn, outs)
+        self.record_lps(ev, eqn, lps)
+
+
+class CustomDerivativeRule(_SubprogramRule):
+    """custom_jvp / custom_vjp functions: no sites inside; re-bound unchanged."""
+
+    def influence(self, an, eqn, in_influence):
+        Rule.influence(self, an, eqn, in_influence)  # raises if a site is inside
+        return super().influence(an, eqn, in_influence)
+
+    def emit(self, ev, eqn):
+        Rule.emit(self, ev, eqn)
+
+
+class WhileRule(Rule):
+    """while_loop: whole-loop credit; forward-mode derivatives only when sites are inside."""
+
+    def influence(self, an, eqn, in_influence):
+        cond_scope, body_scope = eqn.subs
+        label = cond_scope.first_site_label()
+        if label is not None:
+            raise SiteError(
+                site_message(
+                    label,
+                    "the site is inside a while_loop's cond_fun.",
+                    "sample in the loop body (carry the value) or outside the loop.",
+                )
+            )
+        everything = _union(in_influence)
+        body_an = Analysis(body_scope, [_as_outer(everything)] * len(body_scope.inputs))
+        an.subs[eqn.uid] = _BodyInfo([body_an])
+        atoms = [("sub", eqn.uid, a) for a in body_an.local_atoms]
+        an.local_atoms += atoms
+        return [everything | frozenset(atoms)] * len(eqn.outputs)
+
+    def mark(self, an, eqn, tree_outputs):
+        return None
+
+    def demand(self, an, eqn, need):
+        info = an.subs[eqn.uid]
+        body_an = info.analyses[0]
+        info.exported = [a for a in body_an.local_atoms if ("sub", eqn.uid, a) in need]
+        need |= {a[1] for a in body_an.demand(info.exported) if a[0] == "outer"}
+
+    def emit(self, ev, eqn):
+        cond_scope, body_scope = eqn.subs
+        label = body_scope.first_site_label()
+        if label is None:
+            return super().emit(ev, eqn)
+        info = ev.analysis.subs[eqn.uid]
+        p = eqn.params
+        invals = [ev.read(r) for r in eqn.inputs]
+        cond_consts = invals[: p["cond_nconsts"]]
+        body_consts = invals[p["cond_nconsts"] : p["cond_nconsts"] + p["body_nconsts"]]
+        init = invals[p["cond_nconsts"] + p["body_nconsts"] :]
+        cond_an = Analysis(cond_scope, [EMPTY] * len(cond_scope.inputs))
+
+        def cond_fn(carry):
+            return Evaluation(cond_an, cond_consts + list(carry[0])).outputs()[0]
+
+        def body_fn(carry):
+            values, totals = carry
+            bev = Evaluation(info.analyses[0], body_consts + list(values))
+            return bev.outputs(), [t + bev.lps[a] for a, t in zip(info.exported, totals)]
+
+        zeros = [jnp.zeros((), _tau_dtype()) for _ in info.exported]
+        outs, totals = lax.while_loop(cond_fn, body_fn, (init, zeros))
+        guard = lambda x: primitive.reverse_guard_p.bind(x, label=label)  # noqa: E731
+        ev.set_outputs(eqn, [guard(x) for x in outs])
+        for a, total in zip(info.exported, totals):
+            ev.lps[("sub", eqn.uid, a)] = guard(total)
+
+
+@dataclasses.dataclass
+class _ScanInfo:
+    body: Analysis
+    tree_carries: list = dataclasses.field(default_factory=list)
+    tree_ys: list = dataclasses.field(default_factory=list)
+    cum_atoms: list = dataclasses.field(default_factory=list)
+    outer_atoms: list = dataclasses.field(default_factory=list)
+
+
+class ScanRule(Rule):
+    """lax.scan (and fori_loop with static bounds): per-iteration credit.
+
+    A body atom reaches later iterations only through the carry; its sum over earlier
+    iterations is carried as ``("cum", atom)``. Stacked outputs and carries that are in the
+    cost tree get a surrogate computed in the body, so each iteration's cost is multiplied
+    only by the log-probabilities of the site instances that reach it (reward-to-go).
+    """
+
+    def influence(self, an, eqn, in_influence):
+        p = eqn.params
+        nc, nk = p["num_consts"], p["num_carry"]
+        body = eqn.subs[0]
+        ins = [_as_outer(s) for s in in_influence]
+        carry = ins[nc : nc + nk]
+        while True:
+            body_an = Analysis(body, ins[:nc] + carry + ins[nc + nk :])
+            step = [_next_iteration(body_an.of(r)) for r in body.outputs[:nk]]
+            new_carry = [c | s for c, s in zip(carry, step)]
+            if new_carry == carry:
+                break
+            carry = new_carry
+        an.subs[eqn.uid] = _ScanInfo(body_an)
+        an.local_atoms += [("sub", eqn.uid, a) for a in body_an.local_atoms]
+        return [_to_parent(body_an.of(r), eqn.uid) for r in body.outputs]
+
+    def mark(self, an, eqn, tree_outputs):
+        p = eqn.params
+        nc, nk = p["num_consts"], p["num_carry"]
+        info: _ScanInfo = an.subs[eqn.uid]
+        body = info.body.scope
+        carries = {i for i in tree_outputs if i < nk}
+        ys = sorted(i - nk for i in tree_outputs if i >= nk)
+        while True:
+            roots = sorted(carries) + [nk + j for j in ys]
+            provided = {body.inputs[nc + j] for j in carries}
+            info.body.mark_costs(roots, provided)
+            reached = {j for j in range(nk) if body.inputs[nc + j] in info.body.tree}
+            if reached <= carries:
+                break
+            carries |= reached
+        info.tree_carries, info.tree_ys = sorted(carries), ys
+        an.tree.update(eqn.outputs[j] for j in carries)
+        return tuple(nc + j for j in carries)
+
+    def demand(self, an, eqn, need):
+        info: _ScanInfo = an.subs[eqn.uid]
+        wanted = [a for a in info.body.local_atoms if ("sub", eqn.uid, a) in need]
+        supplied = info.body.demand(wanted)
+        cum = set(wanted) | {a[1] for a in supplied if a[0] == "cum"}
+        info.cum_atoms = [a for a in info.body.local_atoms if a in cum]
+        info.outer_atoms = sorted({a[1] for a in supplied if a[0] == "outer"}, key=repr)
+        need |= set(info.outer_atoms)
+
+    def emit(self, ev, eqn):
+        info: _ScanInfo = ev.analysis.subs[eqn.uid]
+        body = info.body.scope
+        rewrite = (
+            body.first_site_label() is not None
+            or info.tree_carries
+            or info.tree_ys
+            or info.outer_atoms
+        )
+        if not rewrite:
+            return super().emit(ev, eqn)
+        p = eqn.params
+        nc, nk = p["num_consts"], p["num_carry"]
+        invals = [ev.read(r) for r in eqn.inputs]
+        consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
+        s_init = [ev.surrogate(eqn.inputs[nc + j]) for j in info.tree_carries]
+        cum_init = [jnp.zeros((), _tau_dtype()) for _ in info.cum_atoms]
+        outer_lps = {("outer", a): ev.lps[a] for a in info.outer_atoms}
+
+        def body_fn(carry, x):
+            values, s_values, cums = carry
+            given = dict(outer_lps)
+            given.update({("cum", a): c for a, c in zip(info.cum_atoms, cums)})
+            provided = {body.inputs[nc + j]: s for j, s in zip(info.tree_carries, s_values)}
+            bev = Evaluation(info.body, consts + list(values) + list(x), provided, given)
+            outs = bev.outputs()
+            new_s = [bev.surrogate(body.outputs[j]) for j in info.tree_carries]
+            s_ys = [bev.surrogate(body.outputs[nk + j]) for j in info.tree_ys]
+            new_cums = [c + bev.lps[a] for a, c in zip(info.cum_atoms, cums)]
+            return (outs[:nk], new_s, new_cums), (outs[nk:], s_ys)
+
+        (final, s_final, totals), (ys, s_ys) = lax.scan(
+            body_fn,
+            (init, s_init, cum_init),
+            xs,
+            length=p["length"],
+            reverse=p["reverse"],
+            unroll=p["unroll"],
+        )
+        ev.set_outputs(eqn, list(final) + list(ys))
+        ev.surrogates.update((eqn.outputs[j], s) for j, s in zip(info.tree_carries, s_final))
+        ev.surrogates.update((eqn.outputs[nk + j], s) for j, s in zip(info.tree_ys, s_ys))
+        for a, total in zip(info.cum_atoms, totals):
+            ev.lps[("sub", eqn.uid, a)] = total
+
+
+_DEFAULT = Rule()
+_CUSTOM = CustomDerivativeRule()
+_CHECKPOINT = CheckpointRule()
+RULES = {
+    primitive.sample_p.name: SampleRule(),
+    "scan": ScanRule(),
+    "cond": CondRule(),
+    "while": WhileRule(),
+    "checkpoint": _CHECKPOINT,
+    "remat2": _CHECKPOINT,
+    "remat": _CHECKPOINT,
+    "custom_jvp_call": _CUSTOM,
+    "custom_vjp_call": _CUSTOM,
+    "custom_vjp_call_jaxpr": _CUSTOM,
+}
+
+
+def rule_for(eqn: Eqn) -> Rule:
+    return RULES.get(eqn.name, _DEFAULT)
+
+
+def check_site_names(scope: Scope):
+    """Explicit site names must be unique within a program."""
+    seen: dict = {}
+    for eqn in scope.sites():
+        name = eqn.params["site"].name
+        if name is None:
+            continue
+        if name in seen:
+            raise SiteError(
+                site_message(
+                    repr(name),
+                    "two sample calls in one program have this name (a function with a named "
+                    "site called twice counts as two sites).",
+                    "give each sample call its own name, e.g. by adding an index.",
+                )
+            )
+        seen[name] = eqn
+
+
+def evaluate_surrogate(scope: Scope, flat_args):
+    """Runs ``scope`` with a surrogate for output 0; returns (surrogate, all outputs)."""
+    check_site_names(scope)
+    analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
+    analysis.mark_costs([0])
+    analysis.demand()
+    ev = Evaluation(analysis, flat_args)
+    return ev.surrogate(scope.outputs[0]), ev.outputs()

@@ -1,0 +1,152 @@
+"""A small program representation read from JAX's jaxprs; the only module that reads jaxprs.
+
+``Scope`` is a straight-line program (one jaxpr); ``Eqn`` is one operation in it. Nested
+``jit``/``closed_call`` bodies are inlined with fresh variables, so that the same jitted function
+called twice gives two distinct sets of sites, identified by their position in the program.
+Control flow keeps its sub-programs in ``Eqn.subs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, NamedTuple
+
+import jax
+from jax.extend import core as jex_core
+
+from jax_scg._src.primitive import sample_p
+
+# Call-like primitives whose bodies are inlined (their names differ between JAX versions).
+INLINED_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
+
+
+class Const(NamedTuple):
+    """A literal or a constant the traced function closed over."""
+
+    value: Any
+
+
+Ref = Any  # an ``int`` variable id, or a ``Const``
+
+
+@dataclasses.dataclass(eq=False)
+class Eqn:
+    uid: int
+    primitive: Any
+    params: dict
+    inputs: tuple
+    outputs: tuple
+    subs: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return self.primitive.name
+
+    @property
+    def is_site(self) -> bool:
+        return self.primitive is sample_p
+
+
+@dataclasses.dataclass(eq=False)
+class Scope:
+    inputs: tuple
+    outputs: tuple
+    eqns: list
+    avals: dict  # variable id -> abstract value (shape, dtype)
+
+    def sites(self):
+        """Every site equation in this scope and its sub-programs, in program order."""
+        for eqn in self.eqns:
+            if eqn.is_site:
+                yield eqn
+            for sub in eqn.subs:
+                yield from sub.sites()
+
+    def first_site_label(self) -> str | None:
+        return next((eqn.params["site"].label for eqn in self.sites()), None)
+
+
+_ids = itertools.count()
+
+
+def aval_of(ref: Ref, scope: Scope):
+    return jax.typeof(ref.value) if isinstance(ref, Const) else scope.avals[ref]
+
+
+def _sub_jaxprs(eqn) -> tuple:
+    """The (jaxpr, consts) pairs of the control flow we understand, in a fixed order."""
+    p = eqn.params
+    name = eqn.primitive.name
+    if name == "scan":
+        closed = [p["jaxpr"]]
+    elif name == "cond":
+        closed = list(p["branches"])
+    elif name == "while":
+        closed = [p["cond_jaxpr"], p["body_jaxpr"]]
+    elif name in ("checkpoint", "remat2", "remat"):
+        return ((p["jaxpr"], ()),)
+    else:
+        closed = list(jex_core.jaxprs_in_params(p))
+        return tuple(
+            (j, ()) if isinstance(j, jex_core.Jaxpr) else (j.jaxpr, j.consts) for j in closed
+        )
+    return tuple((c.jaxpr, c.consts) for c in closed)
+
+
+def _emit_into(jaxpr, consts, input_refs, eqns: list, avals: dict) -> list:
+    """Appends ``jaxpr``'s equations to ``eqns`` with fresh ids; returns its output refs."""
+    env: dict = {}
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = Const(value)
+    for var, ref in zip(jaxpr.invars, input_refs):
+        env[var] = ref
+
+    def read(atom):
+        return Const(atom.val) if isinstance(atom, jex_core.Literal) else env[atom]
+
+    for eqn in jaxpr.eqns:
+        inputs = [read(a) for a in eqn.invars]
+        if eqn.primitive.name in INLINED_CALLS:
+            inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            inner_jaxpr, inner_consts = (
+                (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
+            )
+            outs = _emit_into(inner_jaxpr, inner_consts, inputs, eqns, avals)
+            for var, ref in zip(eqn.outvars, outs):
+                env[var] = ref
+            continue
+        outputs = []
+        for var in eqn.outvars:
+            uid = next(_ids)
+            avals[uid] = var.aval
+            env[var] = uid
+            outputs.append(uid)
+        subs = tuple(scope_from_jaxpr(j, c) for j, c in _sub_jaxprs(eqn))
+        eqns.append(
+            Eqn(next(_ids), eqn.primitive, dict(eqn.params), tuple(inputs), tuple(outputs), subs)
+        )
+    return [read(a) for a in jaxpr.outvars]
+
+
+def scope_from_jaxpr(jaxpr, consts=()) -> Scope:
+    """Reads an (open) jaxpr and its constants into a ``Scope``."""
+    avals: dict = {}
+    inputs = []
+    for var in jaxpr.invars:
+        uid = next(_ids)
+        avals[uid] = var.aval
+        inputs.append(uid)
+    eqns: list = []
+    outputs = _emit_into(jaxpr, consts, inputs, eqns, avals)
+    return Scope(tuple(inputs), tuple(outputs), eqns, avals)
+
+
+def bind(eqn: Eqn, invals) -> list:
+    """Evaluates an equation unchanged on new inputs (as ``jax.core.eval_jaxpr`` does)."""
+    bind_params = eqn.primitive.get_bind_params(eqn.params)
+    subfuns = ()
+    if isinstance(bind_params, tuple):  # JAX < 0.7 returned (subfuns, params)
+        subfuns, bind_params = bind_params
+    out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+    return list(out) if eqn.primitive.multiple_results else [out]

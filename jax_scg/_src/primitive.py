@@ -1,0 +1,317 @@
+"""The ``sample`` primitive: a stochastic node that survives tracing into a jaxpr.
+
+Called outside any jax_scg transform, ``sample`` simply draws from the distribution, eagerly or
+under ``jit``/``vmap``. Under ``scg.surrogate`` the primitive marks a stochastic node of the
+computation graph; the rewrite in ``interpreter.py`` replaces it by a draw plus a log-probability.
+
+This module and ``jaxpr.py`` are the only places that register rules with JAX's internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from jax_scg._src.errors import SiteError, site_message
+
+ESTIMATORS = ("auto", "score_function", "pathwise")
+SCORE_FUNCTION = "score_function"
+PATHWISE = "pathwise"
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+    """Static description of one ``sample`` call, stored in the primitive's params.
+
+    Attributes:
+      treedef: tree structure of the distribution; its leaves are the primitive's operands
+        after the key.
+      estimator: the estimator the user asked for (one of ``ESTIMATORS``).
+      reparameterized: the distribution's ``is_reparameterized`` flag.
+      name: the user's ``name=``, or None.
+      label: how messages name the site: its name, or its distribution and source line.
+      batch_axes: one entry per ``jax.vmap`` that encloses the call inside the traced
+        function, outermost first; each entry gives ``in_axes`` (0 or None) for
+        ``(key, *leaves)``.
+    """
+
+    treedef: Any
+    estimator: str
+    reparameterized: bool
+    name: str | None
+    label: str
+    batch_axes: tuple = ()
+
+    def __repr__(self) -> str:
+        return f"<site {self.label}>"
+
+    def resolved_estimator(self, value_dtype) -> str:
+        """The estimator that ``"auto"`` stands for, given the dtype of the sampled value."""
+        if self.estimator != "auto":
+            return self.estimator
+        continuous = jnp.issubdtype(value_dtype, jnp.inexact)
+        return PATHWISE if self.reparameterized and continuous else SCORE_FUNCTION
+
+
+def _vectorize(fn, batch_axes, leading_axes=()):
+    """Wraps ``fn`` in one ``vmap`` per recorded batch level (innermost applied first)."""
+    for axes in reversed(batch_axes):
+        fn = jax.vmap(fn, in_axes=(*leading_axes, *axes))
+    return fn
+
+
+def draw(site: SiteInfo, key, leaves):
+    """Draws the site's value from ``key`` and the distribution's parameters."""
+
+    def single(key, *leaves):
+        return jax.tree_util.tree_unflatten(site.treedef, leaves).sample(key)
+
+    return _vectorize(single, site.batch_axes)(key, *leaves)
+
+
+def log_prob(site: SiteInfo, value, leaves):
+    """Elementwise log-probability of ``value`` (batch levels first, then the batch shape)."""
+
+    def single(value, *leaves):
+        return jax.tree_util.tree_unflatten(site.treedef, leaves).log_prob(value)
+
+    batch_axes = tuple(axes[1:] for axes in site.batch_axes)
+    return _vectorize(single, batch_axes, leading_axes=(0,))(value, *leaves)
+
+
+sample_p = Primitive("scg_sample")
+
+
+def _sample_impl(key, *leaves, site):
+    return draw(site, key, leaves)
+
+
+def _sample_abstract_eval(key, *leaves, site):
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (key, *leaves)]
+    out = jax.eval_shape(lambda k, *ls: draw(site, k, ls), *shapes)
+    if site.estimator == PATHWISE and not jnp.issubdtype(out.dtype, jnp.inexact):
+        raise SiteError(
+            site_message(
+                site.label,
+                f'estimator="pathwise" needs a continuous value, but this distribution '
+                f"draws {out.dtype} values.",
+                'use estimator="score_function" (or "auto") for discrete sites.',
+            )
+        )
+    return jax.core.ShapedArray(out.shape, out.dtype, weak_type=getattr(out, "weak_type", False))
+
+
+def _sample_jvp(primals, tangents, *, site):
+    key, *leaves = primals
+    out = sample_p.bind(*primals, site=site)
+    leaf_tangents = tangents[1:]
+    if all(type(t) is ad.Zero for t in leaf_tangents):
+        return out, ad.Zero(jax.typeof(out).to_tangent_aval())
+    if site.resolved_estimator(out.dtype) != PATHWISE:
+        raise SiteError(
+            site_message(
+                site.label,
+                "plain JAX differentiation reached a score-function site; it would silently "
+                "return a biased (pathwise-only) gradient.",
+                "differentiate with scg.grad(fn) / scg.value_and_grad(fn), or apply "
+                "jax.grad/jax.hessian to scg.surrogate(fn).",
+            )
+        )
+    leaf_tangents = [ad.instantiate_zeros(t) for t in leaf_tangents]
+    _, out_tangent = jax.jvp(lambda *ls: draw(site, key, ls), tuple(leaves), tuple(leaf_tangents))
+    return out, out_tangent
+
+
+def _sample_batch(args, dims, *, site):
+    key_dim = dims[0]
+    if key_dim is batching.not_mapped:
+        raise SiteError(
+            site_message(
+                site.label,
+                "it is under jax.vmap with an unbatched key but batched parameters, so every "
+                "batch member would reuse the same random bits (correlated draws, a wrong "
+                "log-probability and a wrong gradient).",
+                "split the key and map over it too, e.g. "
+                "jax.vmap(f)(params, jax.random.split(key, n)).",
+            )
+        )
+    moved = [a if d is batching.not_mapped else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    level = tuple(None if d is batching.not_mapped else 0 for d in dims)
+    batched_site = dataclasses.replace(site, batch_axes=(level, *site.batch_axes))
+    return sample_p.bind(*moved, site=batched_site), 0
+
+
+sample_p.def_impl(_sample_impl)
+sample_p.def_abstract_eval(_sample_abstract_eval)
+mlir.register_lowering(sample_p, mlir.lower_fun(_sample_impl, multiple_results=False))
+ad.primitive_jvps[sample_p] = _sample_jvp
+batching.primitive_batchers[sample_p] = _sample_batch
+
+
+# An identity whose transpose raises: it marks values that reverse-mode differentiation must not
+# reach (the outputs of a while_loop with sites inside). Forward mode passes straight through.
+reverse_guard_p = Primitive("scg_reverse_guard")
+reverse_guard_p.def_impl(lambda x, *, label: x)
+reverse_guard_p.def_abstract_eval(lambda x, *, label: x)
+mlir.register_lowering(reverse_guard_p, mlir.lower_fun(lambda x, *, label: x, False))
+batching.primitive_batchers[reverse_guard_p] = lambda args, dims, *, label: (
+    reverse_guard_p.bind(args[0], label=label),
+    dims[0],
+)
+
+
+def _reverse_guard_jvp(primals, tangents, *, label):
+    (x,), (t,) = primals, tangents
+    out_tangent = t if type(t) is ad.Zero else reverse_guard_p.bind(t, label=label)
+    return reverse_guard_p.bind(x, label=label), out_tangent
+
+
+def _reverse_guard_transpose(cotangent, x, *, label):
+    raise SiteError(
+        site_message(
+            label,
+            "reverse-mode differentiation (jax.grad, jax.vjp, jacrev) reached a site inside a "
+            "lax.while_loop; JAX cannot reverse-differentiate while loops.",
+            "use forward mode (jax.jvp, jax.jacfwd of scg.surrogate(fn)), or write the loop "
+            "with lax.fori_loop with static bounds or lax.scan.",
+        )
+    )
+
+
+ad.primitive_jvps[reverse_guard_p] = _reverse_guard_jvp
+ad.primitive_transposes[reverse_guard_p] = _reverse_guard_transpose
+
+
+# --------------------------------------------------------------------------------------------
+# The public ``sample`` function.
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__))
+
+
+def _caller_location() -> str:
+    """``file:line (in function)`` of the first frame outside jax_scg and JAX."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith((_PACKAGE_DIR, _JAX_DIR)):
+            return f"{os.path.basename(filename)}:{frame.f_lineno} (in {frame.f_code.co_name})"
+        frame = frame.f_back
+    return "<unknown location>"
+
+
+def _is_distribution(dist) -> bool:
+    return (
+        callable(getattr(dist, "sample", None))
+        and callable(getattr(dist, "log_prob", None))
+        and hasattr(dist, "is_reparameterized")
+    )
+
+
+def _check_key(key, label: str):
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.ndim(key) == 0:
+            return key
+        problem = f"the key has shape {jnp.shape(key)}; one sample call takes one key."
+    elif dtype is not None and dtype == jnp.uint32 and jnp.ndim(key) == 1:
+        return key
+    else:
+        shape = jnp.shape(key) if dtype is not None else ""
+        problem = f"the key must be a PRNG key, got {type(key).__name__} {dtype}{list(shape)}."
+    raise TypeError(
+        site_message(
+            label,
+            problem,
+            "pass a key from jax.random.key(seed) or jax.random.PRNGKey(seed) (split it for "
+            "each site); for many independent draws give the distribution batched parameters, "
+            "or jax.vmap over jax.random.split(key, n).",
+        )
+    )
+
+
+def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | None = None):
+    """Draws from ``dist``: a stochastic node of a stochastic computation graph.
+
+    Outside ``scg.surrogate``/``scg.grad`` this is just ``dist.sample(key)``. Inside them, the
+    site contributes a score-function term (its log-probability, multiplying the costs it
+    influences) or a pathwise (reparameterisation) gradient, as ``estimator`` says.
+
+    Args:
+      key: a PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``). Use each
+        key for one site only.
+      dist: a distribution: any pytree with ``sample(key)``, ``log_prob(value)`` and a boolean
+        ``is_reparameterized`` (see ``jax_scg.distributions``).
+      estimator: ``"auto"`` (pathwise when the distribution is reparameterised and its value
+        continuous, score function otherwise), ``"score_function"`` or ``"pathwise"``.
+      baseline: reserved for baselines (variance reduction); must be None for now.
+      name: an optional name for the site, used in error messages; unique within a program.
+
+    Returns:
+      The sampled value, as ``dist.sample(key)`` would return it.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> x = scg.sample(jax.random.key(0), D.Normal(0.0, 1.0))
+      >>> x.shape, str(x.dtype)
+      ((), 'float32')
+    """
+    label = repr(name) if name is not None else f"{type(dist).__name__} at {_caller_location()}"
+    if name is not None and not isinstance(name, str):
+        raise TypeError(site_message(repr(name), "name= must be a string.", "pass a str name."))
+    if not _is_distribution(dist):
+        raise TypeError(
+            site_message(
+                label,
+                f"dist must be a distribution, got {type(dist).__name__}.",
+                "pass one of jax_scg.distributions, or a pytree with sample(key), "
+                "log_prob(value) and a boolean is_reparameterized attribute.",
+            )
+        )
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            site_message(
+                label,
+                f"unknown estimator {estimator!r}.",
+                f"use one of {', '.join(repr(e) for e in ESTIMATORS)}.",
+            )
+        )
+    if estimator == PATHWISE and not dist.is_reparameterized:
+        raise SiteError(
+            site_message(
+                label,
+                f'estimator="pathwise" but {type(dist).__name__} is not reparameterised '
+                "(its samples carry no gradient to its parameters).",
+                'use estimator="score_function" (or "auto").',
+            )
+        )
+    if baseline is not None:
+        raise NotImplementedError(
+            site_message(
+                label,
+                "baseline= is not supported yet.",
+                "pass baseline=None; baselines are being added in a later release.",
+            )
+        )
+    key = _check_key(key, label)
+    leaves, treedef = jax.tree_util.tree_flatten(dist)
+    try:
+        leaves = [jnp.asarray(leaf) for leaf in leaves]
+    except TypeError as err:
+        raise TypeError(
+            site_message(
+                label,
+                f"the distribution's leaves must be arrays ({err}).",
+                "keep static configuration out of the pytree's children.",
+            )
+        ) from None
+    site = SiteInfo(treedef, estimator, bool(dist.is_reparameterized), name, label)
+    return sample_p.bind(key, *leaves, site=site)

@@ -1,0 +1,112 @@
+"""The public transformations: ``surrogate``, ``grad`` and ``value_and_grad``."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jax_scg._src import interpreter
+from jax_scg._src.jaxpr import scope_from_jaxpr
+
+
+def _function_name(fn) -> str:
+    return getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+
+
+def _check_objective(fn, shape):
+    leaves = jax.tree_util.tree_leaves(shape)
+    ok = (
+        len(leaves) == 1
+        and not isinstance(shape, (tuple, list, dict))
+        and leaves[0].shape == ()
+        and jnp.issubdtype(leaves[0].dtype, jnp.inexact)
+    )
+    if not ok:
+        got = jax.tree_util.tree_map(lambda s: f"{s.dtype}{list(s.shape)}", shape)
+        raise TypeError(
+            f"jax_scg: {_function_name(fn)} must return a scalar float objective (the cost to "
+            f"differentiate in expectation), got {got}.\n  What to do: reduce it to one number "
+            "(e.g. .sum() or .mean()); to get per-example gradients, jax.vmap the transformed "
+            "function; to return other values too, use has_aux=True and return (objective, aux)."
+        )
+
+
+def surrogate(fn, *, has_aux: bool = False):
+    """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
+
+    ``fn`` is traced to a jaxpr; its ``scg.sample`` sites, its cost nodes (the summands of the
+    returned objective, found from its additive structure) and the influence between them
+    are read from the dataflow, and the surrogate
+
+        L = sum over cost nodes c of  magic_box(sum of log p(w) for score-function sites w
+                                                 that influence c) * c
+
+    is evaluated on the same random draws. Its value equals ``fn``'s value; its derivatives
+    of every order are unbiased estimators of the derivatives of E[fn] (DiCE, Foerster et al.
+    2018; per-cost causality as in Schulman et al. 2015). It composes with ``jax.jit``,
+    ``jax.vmap`` and any JAX differentiation.
+
+    Args:
+      fn: a function of arrays (pytrees allowed) returning a scalar float, or a pair
+        ``(scalar, aux)`` when ``has_aux`` is true.
+      has_aux: whether ``fn`` returns ``(objective, aux)``; ``aux`` is returned unchanged.
+
+    Returns:
+      A function with the same signature returning the surrogate (and ``aux``).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> def f(theta, key):
+      ...     x = scg.sample(key, D.Bernoulli(logits=theta))
+      ...     return (x - 0.25) ** 2
+      >>> key = jax.random.key(0)
+      >>> bool(scg.surrogate(f)(0.3, key) == f(0.3, key))
+      True
+    """
+
+    @functools.wraps(fn)
+    def surrogate_fn(*args, **kwargs):
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+        if has_aux:
+            if not (isinstance(out_shape, (tuple, list)) and len(out_shape) == 2):
+                raise TypeError(
+                    f"jax_scg: {_function_name(fn)} was given has_aux=True, so it must return "
+                    "a pair (objective, aux)."
+                )
+            _check_objective(fn, out_shape[0])
+        else:
+            _check_objective(fn, out_shape)
+        scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+        flat_args = jax.tree_util.tree_leaves((args, kwargs))
+        objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
+        if not has_aux:
+            return objective
+        aux_tree = jax.tree_util.tree_structure(out_shape[1])
+        return objective, jax.tree_util.tree_unflatten(aux_tree, outputs[1:])
+
+    return surrogate_fn
+
+
+def grad(fn, argnums=0, *, has_aux: bool = False):
+    """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> f = lambda mu, key: scg.sample(key, D.Normal(mu, 1.0)) ** 2
+      >>> g = scg.grad(f)(1.5, jax.random.key(0))
+      >>> g.shape
+      ()
+    """
+    return jax.grad(surrogate(fn, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+
+
+def value_and_grad(fn, argnums=0, *, has_aux: bool = False):
+    """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
+
+    Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
+    """
+    return jax.value_and_grad(surrogate(fn, has_aux=has_aux), argnums=argnums, has_aux=has_aux)

@@ -1,0 +1,30 @@
+"""Probability distributions for stochastic computation graphs (public API).
+
+See :mod:`jax_scg._src.distributions` for the distribution protocol.
+"""
+
+from jax_scg._src.distributions import Bernoulli as Bernoulli
+from jax_scg._src.distributions import Beta as Beta
+from jax_scg._src.distributions import Categorical as Categorical
+from jax_scg._src.distributions import Dirichlet as Dirichlet
+from jax_scg._src.distributions import Distribution as Distribution
+from jax_scg._src.distributions import Exponential as Exponential
+from jax_scg._src.distributions import Gamma as Gamma
+from jax_scg._src.distributions import Normal as Normal
+from jax_scg._src.distributions import OneHotCategorical as OneHotCategorical
+from jax_scg._src.distributions import Poisson as Poisson
+from jax_scg._src.distributions import Uniform as Uniform
+
+__all__ = [
+    "Bernoulli",
+    "Beta",
+    "Categorical",
+    "Dirichlet",
+    "Distribution",
+    "Exponential",
+    "Gamma",
+    "Normal",
+    "OneHotCategorical",
+    "Poisson",
+    "Uniform",
+]
