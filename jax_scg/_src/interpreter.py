@@ -105,8 +105,8 @@ class Analysis:
         """
         self.provided = frozenset(provided)
         self.passthrough = {}
-        tree = {self.scope.outputs[i] for i in root_positions}
-        tree = {r for r in tree if not isinstance(r, Const)}
+        outputs = [self.scope.outputs[i] for i in root_positions]
+        tree = {r for r in outputs if not isinstance(r, Const)}
         self.tree = tree
         for eqn in reversed(self.scope.eqns):
             tree_outputs = [i for i, o in enumerate(eqn.outputs) if o in tree]
@@ -116,8 +116,37 @@ class Analysis:
             if linear_inputs is None:
                 continue
             self.passthrough[eqn.uid] = linear_inputs
-            tree.update(r for i, r in enumerate(eqn.inputs) if i in linear_inputs)
-        tree.difference_update(r for r in list(tree) if isinstance(r, Const))
+            tree.update(
+                r for i, r in enumerate(eqn.inputs) if i in linear_inputs and type(r) is int
+            )
+        self._collapse_uniform_subtrees()
+
+    def _collapse_uniform_subtrees(self):
+        """Makes a cost node of every tree variable whose cost nodes all share its atoms.
+
+        When every leaf below ``v`` has the same atoms as ``v``, ``s(v) = ⊡(atoms) * v``
+        exactly (the box is a scalar and the tree is linear), so one box at ``v`` replaces a
+        box per element: what a hand-written surrogate does, at the same cost.
+        """
+        uniform: dict = {}
+        collapsible = []
+        computed = {o for e in self.scope.eqns if e.uid in self.passthrough for o in e.outputs}
+        for eqn in self.scope.eqns:
+            linear = self.passthrough.get(eqn.uid)
+            if linear is None or len(eqn.outputs) != 1 or eqn.name == "scan":
+                continue
+            out = eqn.outputs[0]
+            atoms = self.of(out)
+            children = [r for i, r in enumerate(eqn.inputs) if i in linear and type(r) is int]
+            uniform[out] = all(
+                uniform.get(c, c not in computed and c not in self.provided) and self.of(c) == atoms
+                for c in children
+            )
+            if uniform[out]:
+                collapsible.append(eqn)
+        # Keep passthrough only where needed: a uniform output becomes a leaf.
+        for eqn in collapsible:
+            del self.passthrough[eqn.uid]
 
     def leaves(self):
         computed = {o for e in self.scope.eqns if e.uid in self.passthrough for o in e.outputs}

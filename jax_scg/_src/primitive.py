@@ -93,18 +93,22 @@ def _sample_impl(key, *leaves, site):
     return draw(site, key, leaves)
 
 
-def _sample_abstract_eval(key, *leaves, site):
-    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (key, *leaves)]
-    out = jax.eval_shape(lambda k, *ls: draw(site, k, ls), *shapes)
-    if site.estimator == PATHWISE and not jnp.issubdtype(out.dtype, jnp.inexact):
+def _check_pathwise_value(site: SiteInfo, dtype):
+    if site.estimator == PATHWISE and not jnp.issubdtype(dtype, jnp.inexact):
         raise SiteError(
             site_message(
                 site.label,
                 f'estimator="pathwise" needs a continuous value, but this distribution '
-                f"draws {out.dtype} values.",
+                f"draws {dtype} values.",
                 'use estimator="score_function" (or "auto") for discrete sites.',
             )
         )
+
+
+def _sample_abstract_eval(key, *leaves, site):
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (key, *leaves)]
+    out = jax.eval_shape(lambda k, *ls: draw(site, k, ls), *shapes)
+    _check_pathwise_value(site, out.dtype)
     return jax.core.ShapedArray(out.shape, out.dtype, weak_type=getattr(out, "weak_type", False))
 
 
@@ -131,7 +135,7 @@ def _sample_jvp(primals, tangents, *, site):
 
 def _sample_batch(args, dims, *, site):
     key_dim = dims[0]
-    if key_dim is batching.not_mapped:
+    if key_dim is None:
         raise SiteError(
             site_message(
                 site.label,
@@ -142,8 +146,8 @@ def _sample_batch(args, dims, *, site):
                 "jax.vmap(f)(params, jax.random.split(key, n)).",
             )
         )
-    moved = [a if d is batching.not_mapped else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
-    level = tuple(None if d is batching.not_mapped else 0 for d in dims)
+    moved = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    level = tuple(None if d is None else 0 for d in dims)
     batched_site = dataclasses.replace(site, batch_axes=(level, *site.batch_axes))
     return sample_p.bind(*moved, site=batched_site), 0
 
@@ -314,4 +318,6 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
             )
         ) from None
     site = SiteInfo(treedef, estimator, bool(dist.is_reparameterized), name, label)
+    if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
+        _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
     return sample_p.bind(key, *leaves, site=site)
