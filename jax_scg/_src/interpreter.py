@@ -34,7 +34,7 @@ from jax import lax
 
 from jax_scg._src import primitive
 from jax_scg._src.errors import SiteError, site_message
-from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind
+from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, scan_counts
 
 EMPTY: frozenset = frozenset()
 
@@ -502,7 +502,7 @@ class ScanRule(Rule):
 
     def influence(self, an, eqn, in_influence):
         p = eqn.params
-        nc, nk = p["num_consts"], p["num_carry"]
+        nc, nk = scan_counts(p)
         body = eqn.subs[0]
         ins = [_as_outer(s) for s in in_influence]
         carry = ins[nc : nc + nk]
@@ -519,7 +519,7 @@ class ScanRule(Rule):
 
     def mark(self, an, eqn, tree_outputs):
         p = eqn.params
-        nc, nk = p["num_consts"], p["num_carry"]
+        nc, nk = scan_counts(p)
         info: _ScanInfo = an.subs[eqn.uid]
         body = info.body.scope
         carries = {i for i in tree_outputs if i < nk}
@@ -557,7 +557,7 @@ class ScanRule(Rule):
         if not rewrite:
             return super().emit(ev, eqn)
         p = eqn.params
-        nc, nk = p["num_consts"], p["num_carry"]
+        nc, nk = scan_counts(p)
         invals = [ev.read(r) for r in eqn.inputs]
         consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
         s_init = [ev.surrogate(eqn.inputs[nc + j]) for j in info.tree_carries]

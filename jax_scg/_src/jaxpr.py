@@ -142,6 +142,14 @@ def scope_from_jaxpr(jaxpr, consts=()) -> Scope:
     return Scope(tuple(inputs), tuple(outputs), eqns, avals)
 
 
+def scan_counts(params: dict) -> tuple:
+    """``(num_consts, num_carry)`` of a scan equation, across JAX versions."""
+    if "num_consts" in params:  # JAX <= 0.10
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].unpack()  # JAX 0.11: a flat tree of the operands
+    return len(list(consts)), len(list(carry))
+
+
 def bind(eqn: Eqn, invals) -> list:
     """Evaluates an equation unchanged on new inputs (as ``jax.core.eval_jaxpr`` does)."""
     bind_params = eqn.primitive.get_bind_params(eqn.params)
