@@ -328,3 +328,40 @@ def test_sample_outside_transforms_just_draws():
     np.testing.assert_array_equal(
         jax.vmap(scg.sample, in_axes=(0, None))(ks, dist), jax.vmap(dist.sample)(ks)
     )
+
+
+@jax.custom_vjp
+def _soft_square(x):
+    return x**2
+
+
+_soft_square.defvjp(lambda x: (x**2, x), lambda x, g: (2.0 * x * g,))
+
+
+def test_custom_vjp_function_fed_by_samples():
+    def fn(theta, key):
+        k1, k2 = jax.random.split(key)
+        x = scg.sample(k1, D.Bernoulli(logits=theta[0]))
+        y = scg.sample(k2, D.Normal(theta[1], 1.0))
+        return _soft_square(x + y)
+
+    def exact(theta):  # E[(x + y)^2] = E[x] + 2 E[x] θ1 + θ1² + 1
+        p = sig(theta[0])
+        return p + 2 * p * theta[1] + theta[1] ** 2 + 1.0
+
+    grads = mc(scg.grad(fn), jnp.array([0.3, -0.2]), seed=19, n=N)
+    assert_mean_close(grads, jax.grad(exact)(jnp.array([0.3, -0.2])))
+
+
+@pytest.mark.parametrize("name,fn,exact,theta", CASES[:3], ids=[c[0] for c in CASES[:3]])
+def test_every_second_order_mode_agrees(name, fn, exact, theta):
+    s = scg.surrogate(fn)
+    for key in keys(20, 2):
+        reference = jax.jacfwd(jax.jacfwd(s))(theta, key)
+        for mode in (jax.hessian, lambda f: jax.jacrev(jax.jacrev(f)), jax.jacfwd):
+            h = (
+                mode(s)(theta, key)
+                if mode is not jax.jacfwd
+                else jax.jacfwd(scg.grad(fn))(theta, key)
+            )
+            np.testing.assert_allclose(h, reference, rtol=1e-5, atol=1e-6)

@@ -164,3 +164,45 @@ def test_site_in_while_cond_fun():
 
     with pytest.raises(scg.SiteError, match="cond_fun"):
         scg.grad(fn)(0.5, KEY)
+
+
+def _validated(fn):
+    from jax.experimental import checkify
+
+    return jax.jit(checkify.checkify(scg.grad(fn, validate=True)))
+
+
+def test_runtime_validation_reports_invalid_parameters_under_jit():
+    fn = lambda scale, key: scg.sample(key, D.Normal(0.0, scale), name="noise") ** 2
+    err, _ = _validated(fn)(-1.0, KEY)
+    assert "'noise'" in err.get() and "scale must be > 0" in err.get()
+    err, g = _validated(fn)(2.0, KEY)
+    assert err.get() is None and jnp.isfinite(g)
+
+
+def test_runtime_validation_reports_bad_probs_and_nan():
+    fn = lambda p, key: scg.sample(key, D.Bernoulli(probs=p)) * p
+    err, _ = _validated(fn)(1.5, KEY)
+    assert "probs must be in [0, 1]" in err.get() and "Bernoulli at test_errors.py" in err.get()
+    fn2 = lambda logit, key: scg.sample(key, D.Bernoulli(logits=logit)) * logit
+    err, _ = _validated(fn2)(jnp.nan, KEY)
+    assert "logits must not be NaN" in err.get()
+
+
+def test_runtime_validation_inside_scan_and_masked_categories_pass():
+    def fn(theta, key):
+        logits = jnp.array([0.0, -jnp.inf, 1.0]) + theta
+
+        def body(c, k):
+            i = scg.sample(k, D.Categorical(logits=logits))
+            return c + i.astype(theta.dtype) * theta, None
+
+        return lax.scan(body, 0.0, jax.random.split(key, 4))[0]
+
+    err, g = _validated(fn)(jnp.asarray(0.3), KEY)
+    assert err.get() is None and jnp.isfinite(g)
+
+
+def test_validation_is_off_by_default():
+    fn = lambda scale, key: scg.sample(key, D.Normal(0.0, scale)) ** 2
+    assert not jnp.isfinite(scg.grad(fn)(jnp.nan, KEY))

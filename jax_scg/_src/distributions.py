@@ -105,6 +105,7 @@ class Distribution:
     _params: ClassVar[tuple[str, ...]] = ()  # pytree children, in this order
     _static: ClassVar[tuple[str, ...]] = ()  # hashable aux data
     _param_event_ndims: ClassVar[int] = 0  # trailing parameter axes that are not batch axes
+    _constraints: ClassVar[dict[str, str]] = {}  # parameter name -> "positive", "unit", ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,6 +160,28 @@ class Distribution:
         """Shape of a single event (``()`` for scalar distributions)."""
         return ()
 
+    def parameter_checks(self) -> list[tuple[Array, str]]:
+        """Boolean arrays that must all be true for valid parameters, with what they check.
+
+        Used by the opt-in runtime validation (``scg.grad(fn, validate=True)``).
+        """
+        checks = []
+        for name, value in self._check_items():
+            value = jnp.asarray(value)
+            kind = self._constraints.get(name, "real")
+            if kind == "positive":
+                checks.append((value > 0, f"{name} must be > 0"))
+            elif kind == "nonnegative":
+                checks.append((value >= 0, f"{name} must be >= 0"))
+            elif kind == "unit":
+                checks.append(((value >= 0) & (value <= 1), f"{name} must be in [0, 1]"))
+            else:
+                checks.append((~jnp.isnan(value), f"{name} must not be NaN"))
+        return checks
+
+    def _check_items(self) -> list[tuple[str, Any]]:
+        return self._repr_items()
+
     def sample(self, key: Array) -> Array:
         """Draws one sample of shape ``batch_shape + event_shape``."""
         raise NotImplementedError
@@ -186,6 +209,7 @@ class Normal(Distribution):
 
     is_reparameterized = True
     _params = ("loc", "scale")
+    _constraints = {"scale": "positive"}
 
     def __init__(self, loc: Any, scale: Any):
         self._set(loc=loc, scale=scale)
@@ -209,6 +233,7 @@ class _LogitsOrProbs(Distribution):
 
     _params = ("_param",)
     _static = ("_kind",)
+    _constraints = {"probs": "unit"}
 
     def __init__(self, logits: Any = None, probs: Any = None):
         if (logits is None) == (probs is None):
@@ -379,6 +404,7 @@ class Poisson(Distribution):
     """
 
     _params = ("rate",)
+    _constraints = {"rate": "nonnegative"}
 
     def __init__(self, rate: Any):
         self._set(rate=rate)
@@ -413,6 +439,7 @@ class Gamma(Distribution):
 
     is_reparameterized = True
     _params = ("concentration", "rate")
+    _constraints = {"concentration": "positive", "rate": "positive"}
 
     def __init__(self, concentration: Any, rate: Any = 1.0):
         self._set(concentration=concentration, rate=rate)
@@ -448,6 +475,7 @@ class Beta(Distribution):
 
     is_reparameterized = True
     _params = ("concentration1", "concentration0")
+    _constraints = {"concentration1": "positive", "concentration0": "positive"}
 
     def __init__(self, concentration1: Any, concentration0: Any):
         self._set(concentration1=concentration1, concentration0=concentration0)
@@ -482,6 +510,7 @@ class Dirichlet(Distribution):
 
     is_reparameterized = True
     _params = ("concentration",)
+    _constraints = {"concentration": "positive"}
     _param_event_ndims = 1
 
     def __init__(self, concentration: Any):
@@ -535,6 +564,10 @@ class Uniform(Distribution):
         low, high = self._cast(self.low, self.high)
         return low + (high - low) * jax.random.uniform(key, self.batch_shape, self._dtype)
 
+    def parameter_checks(self) -> list[tuple[Array, str]]:
+        low, high = self._cast(self.low, self.high)
+        return [*super().parameter_checks(), (low < high, "low must be < high")]
+
     def log_prob(self, value: Any) -> Array:
         x, low, high = self._cast(value, self.low, self.high)
         return jnp.where((x >= low) & (x < high), -jnp.log(high - low), -jnp.inf)
@@ -555,6 +588,7 @@ class Exponential(Distribution):
 
     is_reparameterized = True
     _params = ("rate",)
+    _constraints = {"rate": "positive"}
 
     def __init__(self, rate: Any):
         self._set(rate=rate)

@@ -25,6 +25,7 @@ surrogate of the objective is the DiCE objective (Foerster et al. 2018) with per
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 
@@ -313,6 +314,8 @@ class SampleRule(Rule):
         site = eqn.params["site"]
         key, *leaves = [ev.read(r) for r in eqn.inputs]
         value = primitive.draw(site, key, leaves)
+        if VALIDATE.get():
+            _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
         if site.resolved_estimator(value.dtype) != primitive.PATHWISE:
             value = lax.stop_gradient(value)
@@ -320,6 +323,31 @@ class SampleRule(Rule):
                 lp = jnp.sum(primitive.log_prob(site, value, leaves))
                 ev.lps[atom] = lp.astype(_tau_dtype())
         ev.set_outputs(eqn, [value])
+
+
+VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
+
+
+def _check_site_at_runtime(site, value, leaves):
+    """checkify checks: valid parameters, and a finite log-probability for the drawn value."""
+    from jax.experimental import checkify
+
+    label = site.label.replace("{", "{{").replace("}", "}}")
+    dist = jax.tree_util.tree_unflatten(site.treedef, leaves)
+    checks = getattr(dist, "parameter_checks", None)
+    for ok, what in checks() if checks is not None else []:
+        fix = "check the parameters you pass (e.g. scale > 0, probs in [0, 1], no NaN)."
+        checkify.check(jnp.all(ok), site_message(label, f"invalid parameter: {what}.", fix))
+    lp = primitive.log_prob(site, lax.stop_gradient(value), leaves)
+    checkify.check(
+        jnp.all(jnp.isfinite(lp)),
+        site_message(
+            label,
+            "the drawn value has a non-finite log-probability.",
+            "check for NaN or infinite parameters (a masked category must have logits -inf "
+            "and never be drawn).",
+        ),
+    )
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ def _check_objective(fn, shape):
         )
 
 
-def surrogate(fn, *, has_aux: bool = False):
+def surrogate(fn, *, has_aux: bool = False, validate: bool = False):
     """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
 
     ``fn`` is traced to a jaxpr; its ``scg.sample`` sites, its cost nodes (the summands of the
@@ -52,6 +52,10 @@ def surrogate(fn, *, has_aux: bool = False):
       fn: a function of arrays (pytrees allowed) returning a scalar float, or a pair
         ``(scalar, aux)`` when ``has_aux`` is true.
       has_aux: whether ``fn`` returns ``(objective, aux)``; ``aux`` is returned unchanged.
+      validate: add runtime checks (``jax.experimental.checkify``) that every site's
+        parameters are valid and its drawn value has a finite log-probability. Off by
+        default. Under ``jit``, wrap the transformed function with ``checkify.checkify`` and
+        call ``err.throw()``; eagerly, a failed check raises at once.
 
     Returns:
       A function with the same signature returning the surrogate (and ``aux``).
@@ -81,7 +85,11 @@ def surrogate(fn, *, has_aux: bool = False):
             _check_objective(fn, out_shape)
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
         flat_args = jax.tree_util.tree_leaves((args, kwargs))
-        objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
+        token = interpreter.VALIDATE.set(validate)
+        try:
+            objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
+        finally:
+            interpreter.VALIDATE.reset(token)
         if not has_aux:
             return objective
         aux_tree = jax.tree_util.tree_structure(out_shape[1])
@@ -90,8 +98,10 @@ def surrogate(fn, *, has_aux: bool = False):
     return surrogate_fn
 
 
-def grad(fn, argnums=0, *, has_aux: bool = False):
+def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False):
     """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
+
+    ``validate`` is as in ``surrogate``.
 
     Examples:
       >>> import jax, jax_scg as scg
@@ -101,12 +111,14 @@ def grad(fn, argnums=0, *, has_aux: bool = False):
       >>> g.shape
       ()
     """
-    return jax.grad(surrogate(fn, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+    objective = surrogate(fn, has_aux=has_aux, validate=validate)
+    return jax.grad(objective, argnums=argnums, has_aux=has_aux)
 
 
-def value_and_grad(fn, argnums=0, *, has_aux: bool = False):
+def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False):
     """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
 
     Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
     """
-    return jax.value_and_grad(surrogate(fn, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+    objective = surrogate(fn, has_aux=has_aux, validate=validate)
+    return jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
