@@ -178,6 +178,8 @@ class Evaluation:
         self.surrogates = dict(provided_surrogates or {})
         self.lps = dict(given_lps or {})
         self._boxes: dict = {}
+        self._taus: dict = {}
+        self._recent: list = []
         for eqn in analysis.scope.eqns:
             rule_for(eqn).emit(self, eqn)
 
@@ -201,9 +203,26 @@ class Evaluation:
 
     def box(self, atoms: frozenset):
         if atoms not in self._boxes:
-            tau = sum(self.lps[a] for a in sorted(atoms, key=repr))
-            self._boxes[atoms] = magic_box(tau)
+            self._boxes[atoms] = magic_box(self.tau(atoms))
         return self._boxes[atoms]
+
+    def tau(self, atoms: frozenset):
+        """Sum of the atoms' log-probabilities, reusing the largest recent sum of a subset.
+
+        Costs down a chain of sites need nested sets; building each sum on the previous one
+        keeps the surrogate's size linear in the number of sites (like a cumulative sum).
+        """
+        if atoms in self._taus:
+            return self._taus[atoms]
+        base, rest = None, atoms
+        for known in reversed(self._recent):
+            if known <= atoms and len(atoms - known) < len(rest):
+                base, rest = known, atoms - known
+        terms = [self.lps[a] for a in sorted(rest, key=repr)]
+        tau = sum(terms[1:], terms[0]) if base is None else sum(terms, self._taus[base])
+        self._taus[atoms] = tau
+        self._recent = [*self._recent[-7:], atoms]
+        return tau
 
     def set_outputs(self, eqn: Eqn, values):
         self.env.update(zip(eqn.outputs, values))
