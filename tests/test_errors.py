@@ -147,11 +147,6 @@ def test_named_site_in_a_jitted_function_called_twice():
         scg.grad(fn)(0.5, KEY)
 
 
-def test_baseline_is_refused_until_implemented():
-    with pytest.raises(NotImplementedError, match=rf"(?s)Normal at {HERE}.*baseline"):
-        scg.sample(KEY, D.Normal(0.0, 1.0), baseline=0.0)
-
-
 def test_name_must_be_a_string():
     with pytest.raises(TypeError, match="name= must be a string"):
         scg.sample(KEY, D.Normal(0.0, 1.0), name=3)

@@ -180,6 +180,7 @@ class Evaluation:
         self._boxes: dict = {}
         self._taus: dict = {}
         self._recent: list = []
+        self.baseline_terms: list = []
         for eqn in analysis.scope.eqns:
             rule_for(eqn).emit(self, eqn)
 
@@ -223,6 +224,10 @@ class Evaluation:
         self._taus[atoms] = tau
         self._recent = [*self._recent[-7:], atoms]
         return tau
+
+    def baseline_total(self):
+        """Sum of this scope's baseline terms (each zero in value)."""
+        return sum(self.baseline_terms, jnp.zeros((), _tau_dtype()))
 
     def set_outputs(self, eqn: Eqn, values):
         self.env.update(zip(eqn.outputs, values))
@@ -319,29 +324,59 @@ class SampleRule(Rule):
     def influence(self, an, eqn, in_influence):
         site = eqn.params["site"]
         value_dtype = an.scope.avals[eqn.outputs[0]].dtype
-        base = _union(in_influence)
+        key_influence, leaf_influence, _ = site.split(in_influence)
+        ancestors = _union([key_influence, *leaf_influence])  # the baseline is no parent
         if site.resolved_estimator(value_dtype) == primitive.PATHWISE:
-            return [base]
+            if site.has_baseline:
+                raise SiteError(
+                    site_message(
+                        site.label,
+                        "baseline= was given to a pathwise site, which has no score term "
+                        "for a baseline to act on.",
+                        'drop the baseline, or use estimator="score_function".',
+                    )
+                )
+            return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
-        return [base | {atom}]
+        an.subs[eqn.uid] = ancestors
+        return [ancestors | {atom}]
 
     def mark(self, an, eqn, tree_outputs):
         return None
 
+    def demand(self, an, eqn, need):
+        if eqn.params["site"].has_baseline:
+            need |= an.subs[eqn.uid]
+
     def emit(self, ev, eqn):
         site = eqn.params["site"]
-        key, *leaves = [ev.read(r) for r in eqn.inputs]
+        key, leaves, baseline = site.split([ev.read(r) for r in eqn.inputs])
         value = primitive.draw(site, key, leaves)
         if VALIDATE.get():
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
         if site.resolved_estimator(value.dtype) != primitive.PATHWISE:
             value = lax.stop_gradient(value)
-            if atom in ev.analysis.needed:
-                lp = jnp.sum(primitive.log_prob(site, value, leaves))
-                ev.lps[atom] = lp.astype(_tau_dtype())
+            if atom in ev.analysis.needed or site.has_baseline:
+                log_probs = primitive.log_prob(site, value, leaves)
+                ev.lps[atom] = jnp.sum(log_probs).astype(_tau_dtype())
+            if site.has_baseline:
+                ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
+
+
+def _baseline_term(ev, eqn, site, log_probs, baseline):
+    """Mao et al. (2019): Σ_i ⊡(ancestors) (1 − ⊡(log p(x_i))) b_i; zero in value.
+
+    Its derivatives subtract b_i from the cost that multiplies element i's score, at every
+    order, with the ancestors' box keeping higher-order terms low-variance.
+    """
+    b = primitive.broadcast_baseline(site, baseline, log_probs)
+    own = 1.0 - magic_box(log_probs)
+    term = jnp.sum(own * b).astype(_tau_dtype())
+    ancestors = ev.analysis.subs[eqn.uid]
+    return term * ev.box(ancestors) if ancestors else term
 
 
 VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
@@ -420,11 +455,13 @@ class _SubprogramRule(Rule):
         bev = Evaluation(info.analyses[b], operands)
         zero = jnp.zeros((), _tau_dtype())
         lps = [bev.lps[a] if bb == b else zero for bb, a in info.exported]
-        return bev.outputs(), lps
+        return bev.outputs(), lps, bev.baseline_total()
 
-    def record_lps(self, ev, eqn, lps):
+    def record_lps(self, ev, eqn, lps, baseline_total):
         for (b, a), lp in zip(ev.analysis.subs[eqn.uid].exported, lps):
             ev.lps[("sub", eqn.uid, (b, a))] = lp
+        if any(sub.has_baselines() for sub in eqn.subs):
+            ev.baseline_terms.append(baseline_total)
 
 
 class CondRule(_SubprogramRule):
@@ -439,9 +476,9 @@ class CondRule(_SubprogramRule):
             functools.partial(lambda b, *xs: self.run_branch(ev, eqn, b, list(xs)), b)
             for b in range(len(eqn.subs))
         ]
-        outs, lps = lax.switch(index, branches, *ops)
+        outs, lps, baseline_total = lax.switch(index, branches, *ops)
         ev.set_outputs(eqn, outs)
-        self.record_lps(ev, eqn, lps)
+        self.record_lps(ev, eqn, lps, baseline_total)
 
 
 class CheckpointRule(_SubprogramRule):
@@ -454,9 +491,9 @@ class CheckpointRule(_SubprogramRule):
             prevent_cse=eqn.params.get("prevent_cse", True),
             policy=eqn.params.get("policy"),
         )
-        outs, lps = fn(*ops)
+        outs, lps, baseline_total = fn(*ops)
         ev.set_outputs(eqn, outs)
-        self.record_lps(ev, eqn, lps)
+        self.record_lps(ev, eqn, lps, baseline_total)
 
 
 class CustomDerivativeRule(_SubprogramRule):
@@ -517,16 +554,21 @@ class WhileRule(Rule):
             return Evaluation(cond_an, cond_consts + list(carry[0])).outputs()[0]
 
         def body_fn(carry):
-            values, totals = carry
+            values, totals, baseline_total = carry
             bev = Evaluation(info.analyses[0], body_consts + list(values))
-            return bev.outputs(), [t + bev.lps[a] for a, t in zip(info.exported, totals)]
+            totals = [t + bev.lps[a] for a, t in zip(info.exported, totals)]
+            return bev.outputs(), totals, baseline_total + bev.baseline_total()
 
-        zeros = [jnp.zeros((), _tau_dtype()) for _ in info.exported]
-        outs, totals = lax.while_loop(cond_fn, body_fn, (init, zeros))
+        zero = jnp.zeros((), _tau_dtype())
+        outs, totals, baseline_total = lax.while_loop(
+            cond_fn, body_fn, (init, [zero for _ in info.exported], zero)
+        )
         guard = lambda x: primitive.reverse_guard_p.bind(x, label=label)  # noqa: E731
         ev.set_outputs(eqn, [guard(x) for x in outs])
         for a, total in zip(info.exported, totals):
             ev.lps[("sub", eqn.uid, a)] = guard(total)
+        if body_scope.has_baselines():
+            ev.baseline_terms.append(guard(baseline_total))
 
 
 @dataclasses.dataclass
@@ -612,7 +654,7 @@ class ScanRule(Rule):
         outer_lps = {("outer", a): ev.lps[a] for a in info.outer_atoms}
 
         def body_fn(carry, x):
-            values, s_values, cums = carry
+            values, s_values, cums, baseline_total = carry
             given = dict(outer_lps)
             given.update({("cum", a): c for a, c in zip(info.cum_atoms, cums)})
             provided = {body.inputs[nc + j]: s for j, s in zip(info.tree_carries, s_values)}
@@ -621,11 +663,12 @@ class ScanRule(Rule):
             new_s = [bev.surrogate(body.outputs[j]) for j in info.tree_carries]
             s_ys = [bev.surrogate(body.outputs[nk + j]) for j in info.tree_ys]
             new_cums = [c + bev.lps[a] for a, c in zip(info.cum_atoms, cums)]
-            return (outs[:nk], new_s, new_cums), (outs[nk:], s_ys)
+            baseline_total = baseline_total + bev.baseline_total()
+            return (outs[:nk], new_s, new_cums, baseline_total), (outs[nk:], s_ys)
 
-        (final, s_final, totals), (ys, s_ys) = lax.scan(
+        (final, s_final, totals, baseline_total), (ys, s_ys) = lax.scan(
             body_fn,
-            (init, s_init, cum_init),
+            (init, s_init, cum_init, jnp.zeros((), _tau_dtype())),
             xs,
             length=p["length"],
             reverse=p["reverse"],
@@ -636,6 +679,8 @@ class ScanRule(Rule):
         ev.surrogates.update((eqn.outputs[nk + j], s) for j, s in zip(info.tree_ys, s_ys))
         for a, total in zip(info.cum_atoms, totals):
             ev.lps[("sub", eqn.uid, a)] = total
+        if body.has_baselines():
+            ev.baseline_terms.append(baseline_total)
 
 
 _DEFAULT = Rule()
@@ -685,4 +730,7 @@ def evaluate_surrogate(scope: Scope, flat_args):
     analysis.mark_costs([0])
     analysis.demand()
     ev = Evaluation(analysis, flat_args)
-    return ev.surrogate(scope.outputs[0]), ev.outputs()
+    objective = ev.surrogate(scope.outputs[0])
+    if ev.baseline_terms:
+        objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
+    return objective, ev.outputs()

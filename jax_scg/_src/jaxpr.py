@@ -63,6 +63,9 @@ class Scope:
             for sub in eqn.subs:
                 yield from sub.sites()
 
+    def has_baselines(self) -> bool:
+        return any(eqn.params["site"].has_baseline for eqn in self.sites())
+
     def first_site_label(self) -> str | None:
         return next((eqn.params["site"].label for eqn in self.sites()), None)
 

@@ -37,9 +37,10 @@ class SiteInfo:
       reparameterized: the distribution's ``is_reparameterized`` flag.
       name: the user's ``name=``, or None.
       label: how messages name the site: its name, or its distribution and source line.
+      has_baseline: whether a baseline array follows the leaves among the operands.
       batch_axes: one entry per ``jax.vmap`` that encloses the call inside the traced
-        function, outermost first; each entry gives ``in_axes`` (0 or None) for
-        ``(key, *leaves)``.
+        function, outermost first; each entry gives ``in_axes`` (0 or None) for every
+        operand ``(key, *leaves[, baseline])``.
     """
 
     treedef: Any
@@ -47,7 +48,14 @@ class SiteInfo:
     reparameterized: bool
     name: str | None
     label: str
+    has_baseline: bool = False
     batch_axes: tuple = ()
+
+    def split(self, operands):
+        """``(key, leaves, baseline or None)`` from the primitive's operands."""
+        n = self.treedef.num_leaves
+        key, leaves = operands[0], list(operands[1 : 1 + n])
+        return key, leaves, (operands[1 + n] if self.has_baseline else None)
 
     def __repr__(self) -> str:
         return f"<site {self.label}>"
@@ -67,13 +75,18 @@ def _vectorize(fn, batch_axes, leading_axes=()):
     return fn
 
 
+def _leaf_axes(site: SiteInfo, with_key: bool) -> tuple:
+    n = site.treedef.num_leaves
+    return tuple(axes[(0 if with_key else 1) : 1 + n] for axes in site.batch_axes)
+
+
 def draw(site: SiteInfo, key, leaves):
     """Draws the site's value from ``key`` and the distribution's parameters."""
 
     def single(key, *leaves):
         return jax.tree_util.tree_unflatten(site.treedef, leaves).sample(key)
 
-    return _vectorize(single, site.batch_axes)(key, *leaves)
+    return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
 
 
 def log_prob(site: SiteInfo, value, leaves):
@@ -82,14 +95,27 @@ def log_prob(site: SiteInfo, value, leaves):
     def single(value, *leaves):
         return jax.tree_util.tree_unflatten(site.treedef, leaves).log_prob(value)
 
-    batch_axes = tuple(axes[1:] for axes in site.batch_axes)
-    return _vectorize(single, batch_axes, leading_axes=(0,))(value, *leaves)
+    return _vectorize(single, _leaf_axes(site, with_key=False), leading_axes=(0,))(value, *leaves)
+
+
+def broadcast_baseline(site: SiteInfo, baseline, log_probs):
+    """The baseline broadcast to the elementwise log-probability's shape, batch levels too."""
+
+    def single(lp, b):
+        return jnp.broadcast_to(b, lp.shape).astype(lp.dtype)
+
+    axes = tuple((0, level[-1]) for level in site.batch_axes)
+    fn = single
+    for in_axes in reversed(axes):
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn(log_probs, baseline)
 
 
 sample_p = Primitive("scg_sample")
 
 
-def _sample_impl(key, *leaves, site):
+def _sample_impl(*operands, site):
+    key, leaves, _ = site.split(operands)
     return draw(site, key, leaves)
 
 
@@ -105,17 +131,17 @@ def _check_pathwise_value(site: SiteInfo, dtype):
         )
 
 
-def _sample_abstract_eval(key, *leaves, site):
-    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (key, *leaves)]
-    out = jax.eval_shape(lambda k, *ls: draw(site, k, ls), *shapes)
+def _sample_abstract_eval(*operands, site):
+    key, leaves, _ = site.split([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in operands])
+    out = jax.eval_shape(lambda k, ls: draw(site, k, ls), key, leaves)
     _check_pathwise_value(site, out.dtype)
     return jax.core.ShapedArray(out.shape, out.dtype, weak_type=getattr(out, "weak_type", False))
 
 
 def _sample_jvp(primals, tangents, *, site):
-    key, *leaves = primals
+    key, leaves, _ = site.split(primals)
     out = sample_p.bind(*primals, site=site)
-    leaf_tangents = tangents[1:]
+    leaf_tangents = site.split(tangents)[1]
     if all(type(t) is ad.Zero for t in leaf_tangents):
         return out, ad.Zero(jax.typeof(out).to_tangent_aval())
     if site.resolved_estimator(out.dtype) != PATHWISE:
@@ -134,8 +160,7 @@ def _sample_jvp(primals, tangents, *, site):
 
 
 def _sample_batch(args, dims, *, site):
-    key_dim = dims[0]
-    if key_dim is None:
+    if dims[0] is None:
         raise SiteError(
             site_message(
                 site.label,
@@ -255,7 +280,11 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
         ``is_reparameterized`` (see ``jax_scg.distributions``).
       estimator: ``"auto"`` (pathwise when the distribution is reparameterised and its value
         continuous, score function otherwise), ``"score_function"`` or ``"pathwise"``.
-      baseline: reserved for baselines (variance reduction); must be None for now.
+      baseline: an optional baseline ``b`` (Schulman et al. 2015, section 4; Mao et al.
+        2019): an array computed before the site (a constant, a running average, a value
+        function of the state), broadcastable to the site's log-probability. Each element's
+        score multiplies (downstream cost − b) instead of the downstream cost. The estimate
+        stays unbiased at every order, and the surrogate's value is unchanged.
       name: an optional name for the site, used in error messages; unique within a program.
 
     Returns:
@@ -297,14 +326,6 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 'use estimator="score_function" (or "auto").',
             )
         )
-    if baseline is not None:
-        raise NotImplementedError(
-            site_message(
-                label,
-                "baseline= is not supported yet.",
-                "pass baseline=None; baselines are being added in a later release.",
-            )
-        )
     key = _check_key(key, label)
     leaves, treedef = jax.tree_util.tree_flatten(dist)
     try:
@@ -317,7 +338,42 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 "keep static configuration out of the pytree's children.",
             )
         ) from None
-    site = SiteInfo(treedef, estimator, bool(dist.is_reparameterized), name, label)
+    site = SiteInfo(
+        treedef, estimator, bool(dist.is_reparameterized), name, label, baseline is not None
+    )
     if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
         _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
-    return sample_p.bind(key, *leaves, site=site)
+    operands = [key, *leaves]
+    if baseline is not None:
+        operands.append(_check_baseline(site, dist, key, baseline))
+    return sample_p.bind(*operands, site=site)
+
+
+def _check_baseline(site: SiteInfo, dist, key, baseline):
+    fix = (
+        "pass a float array computed before the site (a constant, a running average, a value "
+        "function of the state) that broadcasts to the log-probability's shape."
+    )
+    try:
+        baseline = jnp.asarray(baseline)
+    except TypeError:
+        raise TypeError(
+            site_message(site.label, f"baseline must be an array, got {type(baseline)}.", fix)
+        ) from None
+    if not jnp.issubdtype(baseline.dtype, jnp.inexact):
+        baseline = baseline.astype(jnp.result_type(float))
+    lp_shape = jax.eval_shape(lambda: dist.log_prob(dist.sample(key))).shape
+    try:
+        ok = jnp.broadcast_shapes(baseline.shape, lp_shape) == tuple(lp_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            site_message(
+                site.label,
+                f"baseline has shape {baseline.shape}, which does not broadcast to the "
+                f"site's log-probability shape {tuple(lp_shape)}.",
+                fix,
+            )
+        )
+    return baseline
