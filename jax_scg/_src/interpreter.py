@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_scg._src import primitive
+from jax_scg._src import alignment, primitive
 from jax_scg._src.errors import SiteError, site_message
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, scan_counts
 
@@ -54,13 +54,13 @@ def _is_local(atom) -> bool:
 
 
 def _as_outer(atoms: frozenset) -> frozenset:
-    return frozenset(("outer", a) for a in atoms)
+    return frozenset(("outer", a) for a in alignment.whole(atoms))
 
 
 def _to_parent(atoms: frozenset, uid: int, tag=None) -> frozenset:
     """Maps body atoms to the enclosing scope: outer ones back, the rest to totals of ``uid``."""
     out = set()
-    for a in atoms:
+    for a in alignment.whole(atoms):
         if a[0] == "outer":
             out.add(a[1])
         else:
@@ -70,14 +70,10 @@ def _to_parent(atoms: frozenset, uid: int, tag=None) -> frozenset:
 
 
 def _next_iteration(atoms: frozenset) -> frozenset:
-    return frozenset(("cum", a) if _is_local(a) else a for a in atoms)
+    return frozenset(("cum", a) if _is_local(a) else a for a in alignment.whole(atoms))
 
 
-def _union(sets) -> frozenset:
-    out = set()
-    for s in sets:
-        out |= s
-    return frozenset(out)
+_union = alignment.union
 
 
 class Analysis:
@@ -157,7 +153,7 @@ class Analysis:
         """Records which atoms are needed; returns the ``outer``/``cum`` atoms to be supplied."""
         need = set(wanted_local)
         for leaf in self.leaves():
-            need |= self.of(leaf)
+            need |= alignment.whole(self.of(leaf))
         while True:
             before = len(need)
             need |= {a[1] for a in need if a[0] == "cum"}
@@ -181,6 +177,7 @@ class Evaluation:
         self._taus: dict = {}
         self._recent: list = []
         self.baseline_terms: list = []
+        self.lp_elems: dict = {}
         for eqn in analysis.scope.eqns:
             rule_for(eqn).emit(self, eqn)
 
@@ -198,14 +195,21 @@ class Evaluation:
             value = self.env[ref]
             atoms = self.analysis.of(ref)
             if atoms:
-                value = self.box(atoms).astype(jnp.result_type(value)) * value
+                value = self.box(atoms, jnp.shape(value)).astype(jnp.result_type(value)) * value
             self.surrogates[ref] = value
         return self.surrogates[ref]
 
-    def box(self, atoms: frozenset):
-        if atoms not in self._boxes:
-            self._boxes[atoms] = magic_box(self.tau(atoms))
-        return self._boxes[atoms]
+    def box(self, atoms: frozenset, shape=()):
+        """⊡ of the atoms' log-probabilities, laid out on a cost of ``shape``."""
+        plain = frozenset(a for a in atoms if a[0] != alignment.ELEM)
+        aligned = sorted((a for a in atoms if a[0] == alignment.ELEM), key=repr)
+        cache_key = (atoms, tuple(shape) if aligned else ())
+        if cache_key not in self._boxes:
+            tau = self.tau(plain) if plain else 0.0
+            for _, atom, axes in aligned:
+                tau = tau + alignment.log_prob_for_cost(self.lp_elems[atom], axes, shape)
+            self._boxes[cache_key] = magic_box(tau)
+        return self._boxes[cache_key]
 
     def tau(self, atoms: frozenset):
         """Sum of the atoms' log-probabilities, reusing the largest recent sum of a subset.
@@ -272,7 +276,11 @@ class Rule:
                         "custom_vjp functions: sample first and pass the value in).",
                     )
                 )
-        return [_union(in_influence)] * len(eqn.outputs)
+        if len(eqn.outputs) == 1 and not eqn.subs:
+            shapes = [aval_of(r, an.scope).shape for r in eqn.inputs]
+            out_shape = an.scope.avals[eqn.outputs[0]].shape
+            return [alignment.transfer(eqn.name, eqn.params, shapes, out_shape, in_influence)]
+        return [alignment.whole(_union(in_influence))] * len(eqn.outputs)
 
     def mark(self, an: Analysis, eqn: Eqn, tree_outputs):
         return _linear_inputs(an, eqn)
@@ -325,7 +333,14 @@ class SampleRule(Rule):
         site = eqn.params["site"]
         value_dtype = an.scope.avals[eqn.outputs[0]].dtype
         key_influence, leaf_influence, _ = site.split(in_influence)
-        ancestors = _union([key_influence, *leaf_influence])  # the baseline is no parent
+        log_prob_shape = _log_prob_shape(an, eqn)
+        # A parameter shaped like the log-probability passes its alignment on to the value.
+        _, leaf_refs, _ = site.split(eqn.inputs)
+        kept = [
+            infl if tuple(aval_of(r, an.scope).shape) == log_prob_shape else alignment.whole(infl)
+            for r, infl in zip(leaf_refs, leaf_influence)
+        ]
+        ancestors = _union([alignment.whole(key_influence), *kept])  # the baseline is no parent
         if site.resolved_estimator(value_dtype) == primitive.PATHWISE:
             if site.has_baseline:
                 raise SiteError(
@@ -339,8 +354,8 @@ class SampleRule(Rule):
             return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
-        an.subs[eqn.uid] = ancestors
-        return [ancestors | {atom}]
+        an.subs[eqn.uid] = alignment.whole(ancestors)
+        return [_union([ancestors, alignment.site_value(atom, len(log_prob_shape))])]
 
     def mark(self, an, eqn, tree_outputs):
         return None
@@ -359,11 +374,25 @@ class SampleRule(Rule):
         if site.resolved_estimator(value.dtype) != primitive.PATHWISE:
             value = lax.stop_gradient(value)
             if atom in ev.analysis.needed or site.has_baseline:
-                log_probs = primitive.log_prob(site, value, leaves)
-                ev.lps[atom] = jnp.sum(log_probs).astype(_tau_dtype())
+                log_probs = primitive.log_prob(site, value, leaves).astype(_tau_dtype())
+                ev.lp_elems[atom] = log_probs
+                ev.lps[atom] = jnp.sum(log_probs)
             if site.has_baseline:
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
+
+
+def _log_prob_shape(an: Analysis, eqn: Eqn) -> tuple:
+    """Shape of the site's elementwise log-probability (batch levels, then batch shape)."""
+    site = eqn.params["site"]
+    structs = [
+        jax.ShapeDtypeStruct(aval_of(r, an.scope).shape, aval_of(r, an.scope).dtype)
+        for r in eqn.inputs
+    ]
+    key, leaves, _ = site.split(structs)
+    value = jax.eval_shape(lambda k, ls: primitive.draw(site, k, ls), key, leaves)
+    shape = jax.eval_shape(lambda v, ls: primitive.log_prob(site, v, ls), value, leaves).shape
+    return tuple(shape)
 
 
 def _baseline_term(ev, eqn, site, log_probs, baseline):
@@ -428,7 +457,7 @@ class _SubprogramRule(Rule):
         for b, body_an in enumerate(analyses):
             an.local_atoms += [("sub", eqn.uid, (b, a)) for a in body_an.local_atoms]
         return [
-            control
+            alignment.whole(control)
             | _union(
                 _to_parent(a.of(a.scope.outputs[i]), eqn.uid, b) for b, a in enumerate(analyses)
             )
@@ -501,7 +530,14 @@ class CustomDerivativeRule(_SubprogramRule):
 
     def influence(self, an, eqn, in_influence):
         Rule.influence(self, an, eqn, in_influence)  # raises if a site is inside
-        return super().influence(an, eqn, in_influence)
+        (sub,) = eqn.subs
+        if len(sub.inputs) != len(eqn.inputs):
+            return super().influence(an, eqn, in_influence)
+        # No sites inside: the call's own dataflow says which outputs depend on which inputs,
+        # alignment included (e.g. jax.nn.relu keeps per-element credit).
+        inner = Analysis(sub, in_influence)
+        an.subs[eqn.uid] = _BodyInfo([])
+        return [inner.of(r) for r in sub.outputs]
 
     def emit(self, ev, eqn):
         Rule.emit(self, ev, eqn)
@@ -526,7 +562,7 @@ class WhileRule(Rule):
         an.subs[eqn.uid] = _BodyInfo([body_an])
         atoms = [("sub", eqn.uid, a) for a in body_an.local_atoms]
         an.local_atoms += atoms
-        return [everything | frozenset(atoms)] * len(eqn.outputs)
+        return [alignment.whole(everything) | frozenset(atoms)] * len(eqn.outputs)
 
     def mark(self, an, eqn, tree_outputs):
         return None

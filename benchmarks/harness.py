@@ -1,0 +1,381 @@
+"""A small benchmark harness: interleaved timing, compiled-program statistics, compile time.
+
+Every number the benchmarks report is measured in the run that reports it; comparisons are
+ratios between systems measured side by side, never against stored numbers.
+
+Conventions:
+
+* **Runtime.** :func:`time_interleaved` warms every system up (compiles it), then times them
+  in rounds, one call batch per system per round, so that slow drift (frequency scaling,
+  other processes) affects every system alike. The order of the systems rotates from round
+  to round (A B, B A, ...) so that no system always runs right after another.
+* **HLO op count.** :func:`hlo_op_count` counts the instructions of the *optimised* (compiled)
+  HLO module, in every computation (the entry, fusion bodies, loop bodies, reducers), except
+  the bookkeeping opcodes in :data:`BOOKKEEPING_OPCODES`. The same rule is applied to every
+  system.
+* **FLOPs** come from XLA's ``cost_analysis()`` of the compiled executable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+#: Opcodes not counted by :func:`hlo_op_count`: they move or name values, compute nothing.
+BOOKKEEPING_OPCODES = frozenset({"parameter", "constant", "tuple", "get-tuple-element"})
+
+
+# ------------------------------------------------------------------------------------------
+# Runtime
+
+
+def _run_batch(fn: Callable, args: Sequence, inner: int) -> float:
+    """Seconds per call of ``fn(*args)``, averaged over ``inner`` calls, blocking at the end."""
+    start = time.perf_counter()
+    out = None
+    for _ in range(inner):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / inner
+
+
+def calibrate_inner(fn: Callable, args: Sequence, target_s: float = 0.02, cap: int = 1000) -> int:
+    """The number of calls per timed batch so that one batch lasts about ``target_s``.
+
+    Args:
+      fn: a warmed-up (compiled) function.
+      args: its arguments.
+      target_s: the wanted duration of one timed batch, in seconds.
+      cap: the largest number of calls returned.
+
+    Returns:
+      A number of calls, at least 1.
+    """
+    per_call = min(_run_batch(fn, args, 1) for _ in range(3))
+    return int(min(cap, max(1, round(target_s / max(per_call, 1e-9)))))
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable],
+    args: Sequence,
+    repeats: int = 50,
+    inner: int | None = None,
+    warmup: int = 2,
+    target_s: float = 0.02,
+) -> dict[str, np.ndarray]:
+    """Times already-jitted functions on the same arguments, interleaving the systems.
+
+    Each function is called ``warmup`` times first (the first call compiles it). Then, for
+    each of ``repeats`` rounds, every system runs one batch of ``inner`` calls, timed with
+    ``jax.block_until_ready`` on the last output; the order of the systems rotates by one
+    position every round. Python's garbage collector is off while timing.
+
+    Args:
+      fns: system name -> jitted function taking ``*args``.
+      args: the arguments, shared by all systems.
+      repeats: the number of rounds (timed batches per system).
+      inner: calls per timed batch; ``None`` picks it (the same for every system) so that
+        the slowest system's batch lasts about ``target_s``.
+      warmup: untimed calls per system before timing.
+      target_s: the duration of one batch when ``inner`` is None, in seconds.
+
+    Returns:
+      System name -> array of ``repeats`` seconds-per-call, in round order (so that element
+      ``r`` of two systems was measured in the same round).
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            jax.block_until_ready(fns[name](*args))
+    if inner is None:
+        inner = min(calibrate_inner(fns[name], args, target_s) for name in names)
+    times = {name: np.empty(repeats) for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as timeit does: no collection pauses inside a timed batch
+    try:
+        for r in range(repeats):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                times[name][r] = _run_batch(fns[name], args, inner)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingSummary:
+    """Summary of one system's times against a baseline measured in the same rounds.
+
+    Attributes:
+      median_s: the median seconds per call.
+      iqr_s: the interquartile range (75th minus 25th percentile) of seconds per call.
+      ratio: median of this system / median of the baseline.
+      paired_q25: 25th percentile of the per-round ratios (this system / baseline, round r).
+      paired_q75: 75th percentile of the per-round ratios.
+    """
+
+    median_s: float
+    iqr_s: float
+    ratio: float
+    paired_q25: float
+    paired_q75: float
+
+
+def summarize(times: Mapping[str, np.ndarray], baseline: str) -> dict[str, TimingSummary]:
+    """Medians, interquartile ranges and ratios to ``baseline`` of :func:`time_interleaved` output.
+
+    Args:
+      times: system name -> seconds per call, one per round.
+      baseline: the system the ratios are relative to.
+
+    Returns:
+      System name -> :class:`TimingSummary`.
+    """
+    base = np.asarray(times[baseline])
+    out = {}
+    for name, t in times.items():
+        t = np.asarray(t)
+        q25, q50, q75 = np.percentile(t, [25, 50, 75])
+        paired = t / base
+        p25, p75 = np.percentile(paired, [25, 75])
+        out[name] = TimingSummary(
+            median_s=float(q50),
+            iqr_s=float(q75 - q25),
+            ratio=float(q50 / np.median(base)),
+            paired_q25=float(p25),
+            paired_q75=float(p75),
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled-program statistics
+
+
+def _skip_shape(text: str, start: int) -> int:
+    """Index just past the HLO shape that begins at ``text[start]`` (tuple shapes nest)."""
+    if text[start] != "(":
+        end = text.find(" ", start)
+        return len(text) if end < 0 else end
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def hlo_opcode(line: str) -> str | None:
+    """The opcode of an HLO instruction line (``%name = shape opcode(...)``), else None."""
+    stripped = line.strip()
+    if stripped.startswith("ROOT "):
+        stripped = stripped[len("ROOT ") :]
+    name, sep, rest = stripped.partition(" = ")
+    if not sep or not name or " " in name or not rest:
+        return None
+    after_shape = rest[_skip_shape(rest, 0) :].lstrip()
+    opcode, paren, _ = after_shape.partition("(")
+    if not paren or not opcode or " " in opcode:
+        return None
+    return opcode
+
+
+def hlo_opcodes(hlo_text: str) -> Counter:
+    """Counts the opcodes of every instruction in every computation of an HLO module's text."""
+    counts: Counter = Counter()
+    depth = 0
+    for line in hlo_text.splitlines():
+        stripped = line.strip()
+        if depth == 0:
+            if stripped.endswith("{") and "->" in stripped:  # a computation's header
+                depth = 1
+            continue
+        if stripped == "}":
+            depth = 0
+            continue
+        opcode = hlo_opcode(line)
+        if opcode is not None:
+            counts[opcode] += 1
+    return counts
+
+
+def hlo_op_count(hlo_text: str) -> int:
+    """The number of instructions, except :data:`BOOKKEEPING_OPCODES`, in all computations."""
+    counts = hlo_opcodes(hlo_text)
+    return sum(n for op, n in counts.items() if op not in BOOKKEEPING_OPCODES)
+
+
+def normalized_hlo(hlo_text: str) -> str:
+    """HLO module text without its header, metadata and names, to compare two programs.
+
+    Drops everything before the first computation (module name, source file tables) and the
+    ``metadata={...}`` attributes, and renames every ``%name`` (instructions and
+    computations) by order of first appearance. Two modules with equal normalised text run
+    the same instructions, on the same shapes, in the same order.
+    """
+    text = re.sub(r",? ?metadata=\{[^}]*\}", "", hlo_text)
+    lines = text.splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if line.rstrip().endswith("{") and "->" in line
+         and not line.startswith("HloModule")),
+        0,
+    )  # fmt: skip
+    names: dict[str, str] = {}
+    return re.sub(
+        r"%[\w.\-]+",
+        lambda m: names.setdefault(m.group(0), f"%v{len(names)}"),
+        "\n".join(lines[start:]),
+    )
+
+
+def _cost_entry(cost, key: str) -> float:
+    """``key`` of a ``cost_analysis()`` result (a dict, a list of dicts, or None), else NaN."""
+    if cost is None:
+        return float("nan")
+    if isinstance(cost, Mapping):
+        cost = [cost]
+    values = [c[key] for c in cost if isinstance(c, Mapping) and key in c]
+    return float(sum(values)) if values else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStats:
+    """Statistics of one compiled executable.
+
+    Attributes:
+      op_count: instructions counted by :func:`hlo_op_count`.
+      flops: XLA's ``cost_analysis()["flops"]`` (NaN when not reported).
+      transcendentals: XLA's ``cost_analysis()["transcendentals"]`` (NaN when not reported).
+      opcodes: every opcode with its count (bookkeeping included), for diagnosis.
+      fingerprint: a hash of :func:`normalized_hlo`; equal fingerprints mean the same
+        optimised program up to names and metadata.
+    """
+
+    op_count: int
+    flops: float
+    transcendentals: float
+    opcodes: Counter
+    fingerprint: str
+
+
+def compiled_stats(jitted_fn, *args) -> CompiledStats:
+    """Lowers and compiles ``jitted_fn`` for ``args``; counts its HLO ops and FLOPs.
+
+    Args:
+      jitted_fn: a ``jax.jit``-wrapped function.
+      *args: example arguments (arrays or ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      A :class:`CompiledStats`.
+    """
+    compiled = jitted_fn.lower(*args).compile()
+    text = compiled.as_text()
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        cost = None
+    return CompiledStats(
+        op_count=hlo_op_count(text),
+        flops=_cost_entry(cost, "flops"),
+        transcendentals=_cost_entry(cost, "transcendentals"),
+        opcodes=hlo_opcodes(text),
+        fingerprint=hashlib.sha256(normalized_hlo(text).encode()).hexdigest()[:16],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Trace + compile time
+
+
+def trace_compile_time(make_fn: Callable[[], Callable], *args, repeats: int = 5) -> float:
+    """Median wall time to trace, lower and compile a fresh ``jax.jit`` of ``make_fn()``.
+
+    ``make_fn`` must build a new function object on every call, so that no tracing cache is
+    hit; one untimed round runs first so that caches shared by every system (the jitted
+    helpers inside ``jax.numpy`` and ``jax.random``) are warm for all alike.
+
+    Args:
+      make_fn: returns a new (un-jitted) function on each call.
+      *args: example arguments.
+      repeats: timed rounds.
+
+    Returns:
+      The median seconds of ``jax.jit(make_fn()).lower(*args).compile()``.
+    """
+    jax.jit(make_fn()).lower(*args).compile()
+    times = []
+    for _ in range(repeats):
+        fn = make_fn()
+        start = time.perf_counter()
+        jax.jit(fn).lower(*args).compile()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_call(fn: Callable, *args, repeats: int = 3) -> float:
+    """Median wall time of ``fn(*args)`` (blocking on the result) over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def loglog_slope(sizes: Sequence[float], times: Sequence[float]) -> float:
+    """Least-squares slope of log(time) against log(size): 1 is linear, 2 quadratic."""
+    return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
+
+
+# ------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], title: str | None = None):
+    """Renders a markdown table (with an optional ``### title`` line); returns the text.
+
+    Args:
+      headers: column names.
+      rows: one sequence of cells per row (converted with ``str``).
+      title: an optional heading printed above the table.
+
+    Returns:
+      The table as markdown text, ending with a newline.
+    """
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| " + " | ".join(_cell(h) for h in headers) + " |")
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence], title: str | None = None):
+    """Prints :func:`markdown_table` (flushed) and returns its text."""
+    text = markdown_table(headers, rows, title)
+    print(text, flush=True)
+    return text
+
+
+def platform_name() -> str:
+    """``jax.devices()[0].platform``, plus the device kind for GPUs (e.g. ``gpu_NVIDIA_H100``)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return device.platform
+    kind = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_")
+    return f"{device.platform}_{kind}"
