@@ -8,6 +8,7 @@ from jax_scg import distributions as distributions
 from jax_scg._src.errors import SiteError as SiteError
 from jax_scg._src.interpreter import magic_box as magic_box
 from jax_scg._src.primitive import sample as sample
+from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
 from jax_scg._src.surrogate import grad as grad
 from jax_scg._src.surrogate import surrogate as surrogate
 from jax_scg._src.surrogate import value_and_grad as value_and_grad
@@ -20,6 +21,7 @@ __all__ = [
     "grad",
     "magic_box",
     "sample",
+    "sample_and_log_prob",
     "surrogate",
     "value_and_grad",
 ]

@@ -4,6 +4,7 @@ Unbiased at first and second order, zero variance with the optimal constant base
 variance than without (first and second order), through scan, cond and vmap.
 """
 
+import functools
 import itertools
 
 import jax
@@ -67,11 +68,20 @@ def test_baselines_lower_variance_at_first_and_second_order():
 def test_optimal_constant_baseline_gives_zero_variance():
     # One Bernoulli site, f(0) = 1, f(1) = 3, logits 0: the optimal baseline is 2, and then
     # every estimate is exactly dE/dθ = 2 σ'(0) = 0.5.
-    fn = lambda t, k: 1.0 + 2.0 * scg.sample(k, D.Bernoulli(logits=t), baseline=2.0)
-    grads = mc(scg.grad(fn), jnp.asarray(0.0), seed=36, n=2_000)
-    np.testing.assert_allclose(grads, 0.5, rtol=1e-6)
-    plain = lambda t, k: 1.0 + 2.0 * scg.sample(k, D.Bernoulli(logits=t))
-    assert np.var(mc(scg.grad(plain), jnp.asarray(0.0), seed=36, n=2_000)) > 0.5
+    def fn(theta, key, baseline=None):
+        x = scg.sample(key, D.Bernoulli(logits=theta), baseline=baseline)
+        return jnp.where(x > 0.5, 3.0, 1.0)
+
+    optimal = mc(scg.grad(functools.partial(fn, baseline=2.0)), 0.0, seed=36, n=2_000)
+    np.testing.assert_allclose(optimal, 0.5, rtol=1e-6)
+    assert np.var(mc(scg.grad(fn), 0.0, seed=36, n=2_000)) > 0.5
+
+
+def test_constant_summands_are_their_own_cost_nodes():
+    # Written as 1 + 2x, the constant 1 is a cost no site influences: it gets no score, so
+    # the optimal baseline for the remaining cost 2x is E[2x (x-p)²] / E[(x-p)²] = 1.
+    fn = lambda t, k: 1.0 + 2.0 * scg.sample(k, D.Bernoulli(logits=t), baseline=1.0)
+    np.testing.assert_allclose(mc(scg.grad(fn), 0.0, seed=42, n=2_000), 0.5, rtol=1e-6)
 
 
 def test_value_baseline_in_a_scan_rollout():

@@ -134,6 +134,8 @@ class Analysis:
                 continue
             out = eqn.outputs[0]
             atoms = self.of(out)
+            if atoms and any(isinstance(eqn.inputs[i], Const) for i in linear):
+                continue  # a constant summand is a cost node of its own, with no score
             children = [r for i, r in enumerate(eqn.inputs) if i in linear and type(r) is int]
             uniform[out] = all(
                 uniform.get(c, c not in computed and c not in self.provided) and self.of(c) == atoms
