@@ -82,7 +82,7 @@ def test_key_that_is_not_a_key(bad_key):
 
 
 def test_plain_jax_grad_through_a_score_function_site():
-    with pytest.raises(scg.SiteError, match=rf"(?s)Bernoulli at {HERE}.*biased.*scg\.grad"):
+    with pytest.raises(scg.SiteError, match=rf"(?s)Bernoulli at {HERE}.*wrong.*scg\.grad"):
         jax.grad(bernoulli_loss)(0.5, KEY)
 
 

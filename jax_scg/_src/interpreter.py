@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_scg._src import alignment, primitive
+from jax_scg._src import alignment, estimators, primitive
 from jax_scg._src.errors import SiteError, site_message
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, scan_counts
 
@@ -343,13 +343,13 @@ class SampleRule(Rule):
             for r, infl in zip(leaf_refs, leaf_influence)
         ]
         ancestors = _union([alignment.whole(key_influence), *kept])  # the baseline is no parent
-        if site.resolved_estimator(value_dtype) == primitive.PATHWISE:
+        if site.resolved_estimator(value_dtype) != primitive.SCORE_FUNCTION:
             if site.has_baseline:
                 raise SiteError(
                     site_message(
                         site.label,
-                        "baseline= was given to a pathwise site, which has no score term "
-                        "for a baseline to act on.",
+                        "baseline= was given to a pathwise or relaxed site, which has no "
+                        "score term for a baseline to act on.",
                         'drop the baseline, or use estimator="score_function".',
                     )
                 )
@@ -373,7 +373,10 @@ class SampleRule(Rule):
         if VALIDATE.get():
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
-        if site.resolved_estimator(value.dtype) != primitive.PATHWISE:
+        estimator = site.resolved_estimator(value.dtype)
+        if isinstance(estimator, estimators.Relaxation):
+            value = primitive.relaxed_draw(site, estimator, key, leaves)
+        elif estimator == primitive.SCORE_FUNCTION:
             value = lax.stop_gradient(value)
             if atom in ev.analysis.needed or site.has_baseline:
                 log_probs = primitive.log_prob(site, value, leaves).astype(_tau_dtype())

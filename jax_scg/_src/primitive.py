@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jax_scg._src import estimators
 from jax_scg._src.errors import SiteError, site_message
 
 ESTIMATORS = ("auto", "score_function", "pathwise")
@@ -60,7 +61,7 @@ class SiteInfo:
     def __repr__(self) -> str:
         return f"<site {self.label}>"
 
-    def resolved_estimator(self, value_dtype) -> str:
+    def resolved_estimator(self, value_dtype):
         """The estimator that ``"auto"`` stands for, given the dtype of the sampled value."""
         if self.estimator != "auto":
             return self.estimator
@@ -96,6 +97,15 @@ def log_prob(site: SiteInfo, value, leaves):
         return jax.tree_util.tree_unflatten(site.treedef, leaves).log_prob(value)
 
     return _vectorize(single, _leaf_axes(site, with_key=False), leading_axes=(0,))(value, *leaves)
+
+
+def relaxed_draw(site: SiteInfo, relaxation, key, leaves):
+    """The relaxed value of a site whose estimator is a relaxation (see ``estimators.py``)."""
+
+    def single(key, *leaves):
+        return relaxation.draw(jax.tree_util.tree_unflatten(site.treedef, leaves), key)
+
+    return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
 
 
 def broadcast_baseline(site: SiteInfo, baseline, log_probs):
@@ -148,8 +158,8 @@ def _sample_jvp(primals, tangents, *, site):
         raise SiteError(
             site_message(
                 site.label,
-                "plain JAX differentiation reached a score-function site; it would silently "
-                "return a biased (pathwise-only) gradient.",
+                "plain JAX differentiation reached a score-function or relaxed site; it would "
+                "silently return a wrong (pathwise-only) gradient.",
                 "differentiate with scg.grad(fn) / scg.value_and_grad(fn), or apply "
                 "jax.grad/jax.hessian to scg.surrogate(fn).",
             )
@@ -309,12 +319,25 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 "log_prob(value) and a boolean is_reparameterized attribute.",
             )
         )
-    if estimator not in ESTIMATORS:
+    estimator = estimators.NAMED.get(estimator, estimator)
+    if isinstance(estimator, estimators.Relaxation):
+        if not estimator.supports(dist):
+            raise SiteError(
+                site_message(
+                    label,
+                    f"the {estimator.kind} relaxation needs a Bernoulli or OneHotCategorical "
+                    f"distribution, got {type(dist).__name__}.",
+                    "use OneHotCategorical instead of Categorical, or another estimator.",
+                )
+            )
+    elif estimator not in ESTIMATORS:
+        valid = (*ESTIMATORS, *estimators.NAMED)
         raise ValueError(
             site_message(
                 label,
                 f"unknown estimator {estimator!r}.",
-                f"use one of {', '.join(repr(e) for e in ESTIMATORS)}.",
+                f"use one of {', '.join(repr(e) for e in valid)}, or a value from "
+                "jax_scg.estimators.",
             )
         )
     if estimator == PATHWISE and not dist.is_reparameterized:
