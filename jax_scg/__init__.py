@@ -4,12 +4,14 @@ Schulman, Heess, Weber & Abbeel (2015), "Gradient Estimation Using Stochastic Co
 Graphs", in the any-order DiCE form (Foerster et al. 2018).
 """
 
+from jax_scg import baselines as baselines
 from jax_scg import distributions as distributions
 from jax_scg import estimators as estimators
 from jax_scg._src.errors import SiteError as SiteError
 from jax_scg._src.interpreter import magic_box as magic_box
 from jax_scg._src.primitive import sample as sample
 from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
+from jax_scg._src.surrogate import downstream_costs as downstream_costs
 from jax_scg._src.surrogate import grad as grad
 from jax_scg._src.surrogate import surrogate as surrogate
 from jax_scg._src.surrogate import value_and_grad as value_and_grad
@@ -18,7 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SiteError",
+    "baselines",
     "distributions",
+    "downstream_costs",
     "estimators",
     "grad",
     "magic_box",

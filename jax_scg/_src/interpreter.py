@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -363,8 +364,9 @@ class SampleRule(Rule):
         return None
 
     def demand(self, an, eqn, need):
-        if eqn.params["site"].has_baseline:
-            need |= an.subs[eqn.uid]
+        site = eqn.params["site"]
+        if site.has_baseline or site.name in INJECTED_BASELINES.get():
+            need |= an.subs.get(eqn.uid, EMPTY)
 
     def emit(self, ev, eqn):
         site = eqn.params["site"]
@@ -378,11 +380,15 @@ class SampleRule(Rule):
             value = primitive.relaxed_draw(site, estimator, key, leaves)
         elif estimator == primitive.SCORE_FUNCTION:
             value = lax.stop_gradient(value)
-            if atom in ev.analysis.needed or site.has_baseline:
+            baseline = _baseline_for(site, baseline)
+            if atom in ev.analysis.needed or baseline is not None:
                 log_probs = primitive.log_prob(site, value, leaves).astype(_tau_dtype())
+                offset = LOG_PROB_OFFSETS.get().get(site.name)
+                if offset is not None:
+                    log_probs = log_probs + offset
                 ev.lp_elems[atom] = log_probs
                 ev.lps[atom] = jnp.sum(log_probs)
-            if site.has_baseline:
+            if baseline is not None:
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
 
@@ -406,7 +412,10 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
     Its derivatives subtract b_i from the cost that multiplies element i's score, at every
     order, with the ancestors' box keeping higher-order terms low-variance.
     """
-    b = primitive.broadcast_baseline(site, baseline, log_probs)
+    if site.has_baseline:
+        b = primitive.broadcast_baseline(site, baseline, log_probs)
+    else:
+        b = jnp.broadcast_to(jnp.asarray(baseline, log_probs.dtype), log_probs.shape)
     own = 1.0 - magic_box(log_probs)
     term = jnp.sum(own * b).astype(_tau_dtype())
     ancestors = ev.analysis.subs[eqn.uid]
@@ -414,6 +423,27 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
 
 
 VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
+# Baselines given by site name from outside the program (leave-one-out, moving averages).
+INJECTED_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
+    "jax_scg_baselines", default=types.MappingProxyType({})
+)
+# Zero offsets added to named sites' log-probabilities; d surrogate / d offset = downstream cost.
+LOG_PROB_OFFSETS: contextvars.ContextVar = contextvars.ContextVar(
+    "jax_scg_offsets", default=types.MappingProxyType({})
+)
+
+
+def _baseline_for(site, given):
+    injected = INJECTED_BASELINES.get().get(site.name) if site.name is not None else None
+    if injected is not None and site.has_baseline:
+        raise SiteError(
+            site_message(
+                site.label,
+                "a baseline was given both to sample(baseline=...) and by name from outside.",
+                "give it in one place only.",
+            )
+        )
+    return given if site.has_baseline else injected
 
 
 def _check_site_at_runtime(site, value, leaves):
@@ -764,7 +794,20 @@ def check_site_names(scope: Scope):
         seen[name] = eqn
 
 
-def evaluate_surrogate(scope: Scope, flat_args):
+def named_score_sites(scope: Scope) -> dict:
+    """Name -> log-probability shape of the named score-function sites at the top level."""
+    analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
+    out = {}
+    for eqn in scope.eqns:
+        site = eqn.params.get("site") if eqn.is_site else None
+        if site is None or site.name is None:
+            continue
+        if site.resolved_estimator(scope.avals[eqn.outputs[0]].dtype) == primitive.SCORE_FUNCTION:
+            out[site.name] = _log_prob_shape(analysis, eqn)
+    return out
+
+
+def evaluate_surrogate(scope: Scope, flat_args, with_baselines: bool = True):
     """Runs ``scope`` with a surrogate for output 0; returns (surrogate, all outputs)."""
     check_site_names(scope)
     analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
@@ -772,6 +815,6 @@ def evaluate_surrogate(scope: Scope, flat_args):
     analysis.demand()
     ev = Evaluation(analysis, flat_args)
     objective = ev.surrogate(scope.outputs[0])
-    if ev.baseline_terms:
+    if ev.baseline_terms and with_baselines:
         objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
     return objective, ev.outputs()

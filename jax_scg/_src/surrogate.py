@@ -33,7 +33,7 @@ def _check_objective(fn, shape):
         )
 
 
-def surrogate(fn, *, has_aux: bool = False, validate: bool = False):
+def surrogate(fn, *, has_aux: bool = False, validate: bool = False, baselines=None):
     """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
 
     ``fn`` is traced to a jaxpr; its ``scg.sample`` sites, its cost nodes (the summands of the
@@ -56,6 +56,8 @@ def surrogate(fn, *, has_aux: bool = False, validate: bool = False):
         parameters are valid and its drawn value has a finite log-probability. Off by
         default. Under ``jit``, wrap the transformed function with ``checkify.checkify`` and
         call ``err.throw()``; eagerly, a failed check raises at once.
+      baselines: optional ``{site name: baseline}`` for named score-function sites, used as
+        if passed to ``sample(..., baseline=...)`` (see ``jax_scg.baselines``).
 
     Returns:
       A function with the same signature returning the surrogate (and ``aux``).
@@ -85,11 +87,13 @@ def surrogate(fn, *, has_aux: bool = False, validate: bool = False):
             _check_objective(fn, out_shape)
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
         flat_args = jax.tree_util.tree_leaves((args, kwargs))
-        token = interpreter.VALIDATE.set(validate)
+        validate_token = interpreter.VALIDATE.set(validate)
+        baselines_token = interpreter.INJECTED_BASELINES.set(dict(baselines or {}))
         try:
             objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
         finally:
-            interpreter.VALIDATE.reset(token)
+            interpreter.INJECTED_BASELINES.reset(baselines_token)
+            interpreter.VALIDATE.reset(validate_token)
         if not has_aux:
             return objective
         aux_tree = jax.tree_util.tree_structure(out_shape[1])
@@ -98,10 +102,10 @@ def surrogate(fn, *, has_aux: bool = False, validate: bool = False):
     return surrogate_fn
 
 
-def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False):
+def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baselines=None):
     """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
 
-    ``validate`` is as in ``surrogate``.
+    ``validate`` and ``baselines`` are as in ``surrogate``.
 
     Examples:
       >>> import jax, jax_scg as scg
@@ -111,14 +115,57 @@ def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False):
       >>> g.shape
       ()
     """
-    objective = surrogate(fn, has_aux=has_aux, validate=validate)
+    objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
     return jax.grad(objective, argnums=argnums, has_aux=has_aux)
 
 
-def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False):
+def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baselines=None):
     """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
 
     Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
     """
-    objective = surrogate(fn, has_aux=has_aux, validate=validate)
+    objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
     return jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
+
+
+def downstream_costs(fn, *, has_aux: bool = False):
+    """The downstream cost Q̂ of every named score-function site: what its score multiplies.
+
+    Q̂ is the sum of the costs (the objective's summands, with their linear coefficients)
+    that the site influences, elementwise for a vectorised site with per-element credit. It
+    is what a baseline should approximate; ``jax_scg.baselines`` builds on it. Named sites
+    inside loops or branches are not reported.
+
+    Returns:
+      A function with ``fn``'s signature returning ``{name: Q̂}`` (values, no gradient).
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> def f(theta, key):
+      ...     x = scg.sample(key, D.Bernoulli(logits=theta), name="x")
+      ...     return 1.0 + 2.0 * x
+      >>> costs = scg.downstream_costs(f)(0.0, jax.random.key(0))
+      >>> sorted(costs), float(costs["x"]) in (0.0, 2.0)
+      (['x'], True)
+    """
+
+    def costs_fn(*args, **kwargs):
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+        _check_objective(fn, out_shape[0] if has_aux else out_shape)
+        scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+        flat_args = jax.tree_util.tree_leaves((args, kwargs))
+        shapes = interpreter.named_score_sites(scope)
+
+        def objective(offsets):
+            token = interpreter.LOG_PROB_OFFSETS.set(offsets)
+            try:
+                return interpreter.evaluate_surrogate(scope, flat_args, with_baselines=False)[0]
+            finally:
+                interpreter.LOG_PROB_OFFSETS.reset(token)
+
+        dtype = jnp.result_type(float)
+        zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
+        return jax.lax.stop_gradient(jax.grad(objective)(zeros))
+
+    return costs_fn
