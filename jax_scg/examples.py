@@ -209,8 +209,8 @@ def mdp_exact(theta):
     return total
 
 
-def mdp_reward_to_go(theta, key):
-    """Hand-written reward-to-go DiCE surrogate: Σ_t ⊡(log π_1 + … + log π_t) r_t."""
+def _mdp_log_probs_and_rewards(theta, key):
+    """The MDP's per-step log π(a_t | s_t) (draws held constant) and rewards, by hand."""
 
     def body(state, k):
         d = D.Bernoulli(logits=theta[0] + theta[1] * state)
@@ -218,20 +218,18 @@ def mdp_reward_to_go(theta, key):
         state, r = _mdp_step(theta, state, a)
         return state, (d.log_prob(a), r)
 
-    _, (log_probs, rewards) = lax.scan(body, 0.0, _split(key, MDP_STEPS))
+    return lax.scan(body, 0.0, _split(key, MDP_STEPS))[1]
+
+
+def mdp_reward_to_go(theta, key):
+    """Hand-written reward-to-go DiCE surrogate: Σ_t ⊡(log π_1 + … + log π_t) r_t."""
+    log_probs, rewards = _mdp_log_probs_and_rewards(theta, key)
     return jnp.sum(scg.magic_box(jnp.cumsum(log_probs)) * rewards)
 
 
 def mdp_all_rewards(theta, key):
     """Hand-written surrogate without causality: ⊡(all log π) Σ_t r_t (higher variance)."""
-
-    def body(state, k):
-        d = D.Bernoulli(logits=theta[0] + theta[1] * state)
-        a = lax.stop_gradient(d.sample(k))
-        state, r = _mdp_step(theta, state, a)
-        return state, (d.log_prob(a), r)
-
-    _, (log_probs, rewards) = lax.scan(body, 0.0, _split(key, MDP_STEPS))
+    log_probs, rewards = _mdp_log_probs_and_rewards(theta, key)
     return scg.magic_box(jnp.sum(log_probs)) * jnp.sum(rewards)
 
 
