@@ -201,3 +201,11 @@ def test_runtime_validation_inside_scan_and_masked_categories_pass():
 def test_validation_is_off_by_default():
     fn = lambda scale, key: scg.sample(key, D.Normal(0.0, scale)) ** 2
     assert not jnp.isfinite(scg.grad(fn)(jnp.nan, KEY))
+
+
+def test_grad_of_grad_through_implicit_gamma_gradients_explains_and_suggests_hessian():
+    fn = lambda a, key: scg.sample(key, D.Gamma(a, 1.0), name="g") ** 2
+    with pytest.raises(scg.SiteError, match=r"(?s)'g'.*implicit.*jax\.hessian"):
+        jax.grad(scg.grad(fn))(2.0, KEY)
+    assert jnp.isfinite(jax.hessian(scg.surrogate(fn))(2.0, KEY))
+    assert jnp.isfinite(jax.jacfwd(scg.grad(fn))(2.0, KEY))

@@ -354,6 +354,18 @@ class SampleRule(Rule):
                         'drop the baseline, or use estimator="score_function".',
                     )
                 )
+            if REVERSE_OVER_REVERSE.get() and _uses_implicit_gradients(an, eqn):
+                raise SiteError(
+                    site_message(
+                        site.label,
+                        "reverse-mode differentiation of scg.grad (grad of grad) reached JAX's "
+                        "implicit reparameterisation gradient (Gamma/Beta/Dirichlet), which JAX "
+                        "cannot differentiate in reverse mode again (it contains a while_loop).",
+                        "take second derivatives forward over reverse: jax.hessian("
+                        "scg.surrogate(fn)) or jax.jacfwd(scg.grad(fn)); or use "
+                        'estimator="score_function" for this site.',
+                    )
+                )
             return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
@@ -393,6 +405,18 @@ class SampleRule(Rule):
         ev.set_outputs(eqn, [value])
 
 
+def _uses_implicit_gradients(an: Analysis, eqn: Eqn) -> bool:
+    """Whether the site's draw goes through jax.random.gamma (implicit gradients)."""
+    site = eqn.params["site"]
+    structs = [
+        jax.ShapeDtypeStruct(aval_of(r, an.scope).shape, aval_of(r, an.scope).dtype)
+        for r in eqn.inputs
+    ]
+    key, leaves, _ = site.split(structs)
+    text = str(jax.make_jaxpr(lambda k, ls: primitive.draw(site, k, ls))(key, leaves))
+    return "random_gamma" in text
+
+
 def _log_prob_shape(an: Analysis, eqn: Eqn) -> tuple:
     """Shape of the site's elementwise log-probability (batch levels, then batch shape)."""
     site = eqn.params["site"]
@@ -423,6 +447,10 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
 
 
 VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
+# Set by scg.grad when it is itself being reverse-differentiated (grad of grad).
+REVERSE_OVER_REVERSE: contextvars.ContextVar = contextvars.ContextVar(
+    "jax_scg_reverse_over_reverse", default=False
+)
 # Baselines given by site name from outside the program (leave-one-out, moving averages).
 INJECTED_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
     "jax_scg_baselines", default=types.MappingProxyType({})

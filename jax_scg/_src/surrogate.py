@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jex_core
 
 from jax_scg._src import interpreter
 from jax_scg._src.jaxpr import scope_from_jaxpr
@@ -116,7 +117,7 @@ def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baseli
       ()
     """
     objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
-    return jax.grad(objective, argnums=argnums, has_aux=has_aux)
+    return _flag_reverse_over_reverse(jax.grad(objective, argnums=argnums, has_aux=has_aux))
 
 
 def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baselines=None):
@@ -125,7 +126,24 @@ def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = Fal
     Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
     """
     objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
-    return jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
+    gradient = jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
+    return _flag_reverse_over_reverse(gradient)
+
+
+def _flag_reverse_over_reverse(gradient_fn):
+    """Lets the rewrite know when this gradient is itself reverse-differentiated."""
+
+    @functools.wraps(gradient_fn)
+    def wrapped(*args, **kwargs):
+        trace = jex_core.find_top_trace(jax.tree_util.tree_leaves((args, kwargs)))
+        outer_reverse = type(trace).__name__ == "LinearizeTrace"
+        token = interpreter.REVERSE_OVER_REVERSE.set(outer_reverse)
+        try:
+            return gradient_fn(*args, **kwargs)
+        finally:
+            interpreter.REVERSE_OVER_REVERSE.reset(token)
+
+    return wrapped
 
 
 def downstream_costs(fn, *, has_aux: bool = False):
