@@ -3,6 +3,7 @@ while_loop, nested jit and vmap inside the objective. Each against an exact expe
 first and second order."""
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -365,3 +366,26 @@ def test_every_second_order_mode_agrees(name, fn, exact, theta):
                 else jax.jacfwd(scg.grad(fn))(theta, key)
             )
             np.testing.assert_allclose(h, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_user_defined_distribution_works_through_the_protocol():
+    class Flip(NamedTuple):
+        """A user's own Bernoulli: any pytree with sample, log_prob, is_reparameterized."""
+
+        logit: jax.Array
+        is_reparameterized = False
+
+        def sample(self, key):
+            return jax.random.bernoulli(key, jax.nn.sigmoid(self.logit)).astype(jnp.float32)
+
+        def log_prob(self, x):
+            return x * jax.nn.log_sigmoid(self.logit) + (1 - x) * jax.nn.log_sigmoid(-self.logit)
+
+    def fn(theta, key):
+        x = scg.sample(key, Flip(theta))
+        return (x + theta) ** 2
+
+    def exact(theta):
+        return sig(theta) * (1 + theta) ** 2 + (1 - sig(theta)) * theta**2
+
+    check_unbiased(fn, exact, jnp.asarray(0.4), seed=21)
