@@ -167,3 +167,44 @@ def test_baseline_on_a_pathwise_site():
     fn = lambda t, k: scg.sample(k, D.Normal(t, 1.0), baseline=1.0, name="y") ** 2
     with pytest.raises(scg.SiteError, match=r"(?s)'y'.*pathwise or relaxed site"):
         scg.grad(fn)(0.5, jax.random.key(0))
+
+
+def test_state_value_baselines_match_a_hand_written_actor_critic_estimator():
+    # Σ_t ∇ log π(a_t | s_t) (Σ_{t' >= t} r_t' - V(s_t)), written by hand, key by key.
+    steps = 4
+
+    def policy(theta, state):
+        return D.Bernoulli(logits=theta[0] + theta[1] * state)
+
+    def value(theta, state):
+        return theta[2] * state + theta[3]
+
+    def reward(state, a):
+        return (a - 0.3 * state) ** 2 + 0.5 * a * state
+
+    def ours(theta, key):
+        def body(state, k):
+            a = scg.sample(k, policy(theta, state), baseline=value(theta, state))
+            return 0.5 * state + a, reward(state, a)
+
+        return lax.scan(body, 0.0, jax.random.split(key, steps))[1].sum()
+
+    def actor_critic(theta, key):
+        def body(state, k):
+            a = policy(theta, state).sample(k)
+            return 0.5 * state + a, (a, state, reward(state, a))
+
+        _, (actions, states, rewards) = lax.scan(body, 0.0, jax.random.split(key, steps))
+        to_go = jnp.cumsum(rewards[::-1])[::-1]
+        advantages = lax.stop_gradient(to_go - value(theta, states))
+        log_probs = jax.vmap(lambda s, a: policy(theta, s).log_prob(a))(states, actions)
+        return jnp.sum(log_probs * advantages)
+
+    theta = jnp.array([0.2, -0.4, 0.7, 0.9])
+    for key in keys(43, 5):
+        np.testing.assert_allclose(
+            scg.grad(ours)(theta, key)[:2], jax.grad(actor_critic)(theta, key)[:2], rtol=1e-5
+        )
+    ours_grads = mc(scg.grad(ours), theta, seed=44, n=N)
+    by_hand = mc(jax.grad(actor_critic), theta, seed=44, n=N)
+    np.testing.assert_allclose(np.var(ours_grads[:, :2], 0), np.var(by_hand[:, :2], 0), rtol=1e-4)
