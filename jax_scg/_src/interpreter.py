@@ -6,14 +6,19 @@ Three passes over a ``Scope`` (see ``jaxpr.py``), then one evaluation:
    is a log-probability term available in the scope: a score-function site of the scope
    (``("site", uid)``), the total over a sub-program's site (``("sub", uid, inner_atom)``), or,
    inside a loop body, a term from outside (``("outer", atom)``) or the sum of a body atom over
-   the earlier iterations (``("cum", atom)``). Pathwise sites add no atom: their value is a
-   differentiable function of their inputs.
+   the earlier iterations (``("cum", atom)``). Pathwise and relaxed sites add no atom: their
+   value is a differentiable function of their inputs. A vectorised site's atom can be
+   *aligned* with a value's axes (``alignment.py``), so that element ``i`` of a cost only
+   gets the score of element ``i`` of the site (per-element credit without plates).
 2. **Cost structure** (backward from the objective): the variables the objective depends on
    only through linear operations with coefficients no atom influences. These form the *cost
    tree*; its leaves are the cost nodes. Loops take part: stacked ``scan`` outputs and
    accumulating carries give one cost node per iteration.
 3. **Demand** (backward): which atoms' log-probabilities are needed, so that nothing else is
    computed or carried through loops.
+
+Summands that no atom influences are cost nodes with no score term. Baselines add the
+zero-valued terms of Mao et al. (2019) beside the sites that have them.
 
 The evaluation runs the program on the caller's values (tracers of any enclosing ``jit``,
 ``vmap`` or ``grad``), draws each site, and computes beside every cost-tree variable ``v`` its
