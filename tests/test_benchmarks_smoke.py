@@ -1,4 +1,4 @@
-"""Smoke test: the core overhead benchmark runs end to end at tiny sizes."""
+"""Smoke tests: the benchmarks run end to end at tiny sizes."""
 
 import os
 import subprocess
@@ -21,3 +21,17 @@ def test_core_overhead_quick_runs(tmp_path):
     text = out.read_text()
     assert "| model | keys | runtime ratio [IQR] |" in text
     assert "### Part 2" in text
+
+
+def test_variance_table_quick_runs(tmp_path):
+    out = tmp_path / "v.md"
+    script = os.path.join(ROOT, "benchmarks", "variance.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "| REBAR toy t=0.45 | score function |" in out.read_text()

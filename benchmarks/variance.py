@@ -1,0 +1,168 @@
+"""Variance of jax_scg's estimators, in one run: ``python benchmarks/variance.py [--quick]``.
+
+Models: the REBAR toy E[(b - t)²] with b ~ Bernoulli(σ(θ)) for t = 0.45 and 0.499, and a
+16-step policy rollout in ``lax.scan``. For each estimator (and baseline): the Monte Carlo mean
+against the exact gradient (bias in standard errors: the relaxations are biased by design),
+the variance of one estimate (mean over coordinates), its ratio to the plain score-function
+estimator, and the time per estimate (jit + vmap, median of repeats). Writes
+``benchmarks/results/variance_<platform>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from harness import markdown_table
+from jax import lax
+
+import jax_scg as scg
+from jax_scg import distributions as D
+
+
+def rebar(t):
+    def loss(theta, key, estimator="score_function", baseline=None, name=None):
+        dist = D.Bernoulli(logits=theta)
+        b = scg.sample(key, dist, estimator=estimator, baseline=baseline, name=name)
+        return (b - t) ** 2
+
+    def exact(theta):
+        p = jax.nn.sigmoid(theta)
+        return p * (1 - t) ** 2 + (1 - p) * t**2
+
+    return loss, exact, jnp.asarray(0.0)
+
+
+STEPS = 16
+
+
+def rollout(theta, key, estimator="score_function", baseline=None):
+    def body(state, k):
+        value = 0.8 * state + 1.0 if baseline == "value" else None
+        a = scg.sample(
+            k, D.Bernoulli(logits=theta[0] + theta[1] * state), estimator=estimator, baseline=value
+        )
+        return 0.7 * state + a, (a - 0.5 * state) ** 2
+
+    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
+
+
+def rollout_exact_gradient(theta, n=200_000):
+    """The policy's gradient from a large score-function run with a value baseline."""
+    keys = jax.random.split(jax.random.key(12345), n)
+    grads = jax.jit(jax.vmap(scg.grad(functools.partial(rollout, baseline="value")), (None, 0)))
+    g = np.asarray(grads(theta, keys))
+    return g.mean(0), g.std(0) / np.sqrt(n)
+
+
+def estimate(fn, theta, n, seed):
+    keys = jax.random.split(jax.random.key(seed), n)
+    run = jax.jit(jax.vmap(fn, in_axes=(None, 0)))
+    jax.block_until_ready(run(theta, keys))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        out = jax.block_until_ready(run(theta, keys))
+        times.append(time.perf_counter() - start)
+    return np.asarray(out, np.float64).reshape(n, -1), float(np.median(times)) / n
+
+
+def rows_for(name, variants, exact, theta, n, seed):
+    rows, reference = [], None
+    for label, fn in variants:
+        g, seconds = estimate(fn, theta, n, seed)
+        mean, se = g.mean(0), g.std(0, ddof=1) / np.sqrt(n)
+        variance = float(g.var(0, ddof=1).mean())
+        reference = variance if reference is None else reference
+        bias_z = float(np.max(np.abs(mean - exact) / np.maximum(se, 1e-12)))
+        rows.append(
+            [
+                name,
+                label,
+                " ".join(f"{m:+.4f}" for m in mean),
+                " ".join(f"{e:+.4f}" for e in np.atleast_1d(exact)),
+                f"{bias_z:.1f}",
+                f"{variance:.3g}",
+                f"{variance / reference:.3f}",
+                f"{seconds * 1e6:.3f}",
+            ]
+        )
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    n = 2_000 if args.quick else 100_000
+    rows = []
+    for t in (0.45, 0.499):
+        loss, exact, theta = rebar(t)
+        variants = [
+            ("score function", scg.grad(loss)),
+            ("score function, baseline 0.25", scg.grad(functools.partial(loss, baseline=0.25))),
+            (
+                "leave-one-out, 4 samples (per 4-sample estimate)",
+                scg.baselines.leave_one_out(functools.partial(loss, name="b"), 4),
+            ),
+            (
+                "straight-through (biased)",
+                scg.grad(functools.partial(loss, estimator="straight_through")),
+            ),
+            (
+                "Gumbel-softmax τ=1 (biased)",
+                scg.grad(functools.partial(loss, estimator="gumbel_softmax")),
+            ),
+        ]
+        exact_grad = np.atleast_1d(np.asarray(jax.grad(exact)(theta)))
+        rows += rows_for(f"REBAR toy t={t}", variants, exact_grad, theta, n, seed=1)
+    theta = jnp.array([0.2, -0.5])
+    reference, _ = rollout_exact_gradient(theta, n=20_000 if args.quick else 400_000)
+    variants = [
+        ("score function (reward-to-go)", scg.grad(rollout)),
+        ("value baseline V(s)", scg.grad(functools.partial(rollout, baseline="value"))),
+        (
+            "straight-through (biased)",
+            scg.grad(functools.partial(rollout, estimator="straight_through")),
+        ),
+    ]
+    rows += rows_for(f"policy rollout, {STEPS} steps", variants, reference, theta, n, seed=2)
+    header = [
+        "model",
+        "estimator",
+        "mean",
+        "exact",
+        "max |bias|/SE",
+        "variance",
+        "ratio to score function",
+        "µs / estimate",
+    ]
+    device = jax.devices()[0]
+    lines = [
+        "# jax_scg estimator variance",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}",
+        f"- {n} estimates per row; the policy's reference gradient is itself a Monte Carlo mean"
+        " (400k estimates with a value baseline), so its bias column has that noise too.",
+        "",
+        markdown_table(header, rows),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = args.out or os.path.join(
+        os.path.dirname(__file__), "results", f"variance_{device.platform}.md"
+    )
+    with open(out, "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
