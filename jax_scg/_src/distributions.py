@@ -15,6 +15,9 @@ The distribution protocol
   gradients of ``sample(key)`` with respect to the parameters are the correct
   pathwise (reparameterisation) gradients.
 
+Optionally, ``parameter_checks() -> [(bool array, description), ...]`` lists conditions
+that valid parameters meet; ``scg.grad(fn, validate=True)`` checks them at run time.
+
 The built-in distributions below additionally provide ``batch_shape`` and
 ``event_shape`` (tuples), ``mean`` where it is cheap, and, for finite supports
 (:class:`Bernoulli`, :class:`Categorical`, :class:`OneHotCategorical`),
