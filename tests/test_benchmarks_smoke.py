@@ -7,31 +7,26 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_core_overhead_quick_runs(tmp_path):
-    out = tmp_path / "x.md"
-    script = os.path.join(ROOT, "benchmarks", "core_overhead.py")
+def run_quick(script_name, out):
+    """Runs ``benchmarks/<script_name> --quick --out out``; returns the written text."""
     proc = subprocess.run(
-        [sys.executable, script, "--quick", "--out", str(out)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", script_name), "--quick", "--out", out],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    text = out.read_text()
+    with open(out) as f:
+        return f.read()
+
+
+def test_core_overhead_quick_runs(tmp_path):
+    text = run_quick("core_overhead.py", str(tmp_path / "x.md"))
     assert "| model | keys | runtime ratio [IQR] |" in text
     assert "### Part 2" in text
 
 
 def test_variance_table_quick_runs(tmp_path):
-    out = tmp_path / "v.md"
-    script = os.path.join(ROOT, "benchmarks", "variance.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "| REBAR toy t=0.45 | score function |" in out.read_text()
+    text = run_quick("variance.py", str(tmp_path / "v.md"))
+    assert "| REBAR toy t=0.45 | score function |" in text

@@ -410,14 +410,20 @@ class SampleRule(Rule):
         ev.set_outputs(eqn, [value])
 
 
-def _uses_implicit_gradients(an: Analysis, eqn: Eqn) -> bool:
-    """Whether the site's draw goes through jax.random.gamma (implicit gradients)."""
-    site = eqn.params["site"]
+def _site_operand_structs(an: Analysis, eqn: Eqn):
+    """``(key, leaves)`` of a site as shape/dtype structs, for abstract evaluation."""
     structs = [
         jax.ShapeDtypeStruct(aval_of(r, an.scope).shape, aval_of(r, an.scope).dtype)
         for r in eqn.inputs
     ]
-    key, leaves, _ = site.split(structs)
+    key, leaves, _ = eqn.params["site"].split(structs)
+    return key, leaves
+
+
+def _uses_implicit_gradients(an: Analysis, eqn: Eqn) -> bool:
+    """Whether the site's draw goes through jax.random.gamma (implicit gradients)."""
+    site = eqn.params["site"]
+    key, leaves = _site_operand_structs(an, eqn)
     text = str(jax.make_jaxpr(lambda k, ls: primitive.draw(site, k, ls))(key, leaves))
     return "random_gamma" in text
 
@@ -425,11 +431,7 @@ def _uses_implicit_gradients(an: Analysis, eqn: Eqn) -> bool:
 def _log_prob_shape(an: Analysis, eqn: Eqn) -> tuple:
     """Shape of the site's elementwise log-probability (batch levels, then batch shape)."""
     site = eqn.params["site"]
-    structs = [
-        jax.ShapeDtypeStruct(aval_of(r, an.scope).shape, aval_of(r, an.scope).dtype)
-        for r in eqn.inputs
-    ]
-    key, leaves, _ = site.split(structs)
+    key, leaves = _site_operand_structs(an, eqn)
     value = jax.eval_shape(lambda k, ls: primitive.draw(site, k, ls), key, leaves)
     shape = jax.eval_shape(lambda v, ls: primitive.log_prob(site, v, ls), value, leaves).shape
     return tuple(shape)
