@@ -403,6 +403,9 @@ class SampleRule(Rule):
                 offset = LOG_PROB_OFFSETS.get().get(site.name)
                 if offset is not None:
                     log_probs = log_probs + offset
+                if FIT_BASELINES.get() and site.has_baseline:
+                    b = primitive.broadcast_baseline(site, baseline, log_probs)
+                    log_probs = log_probs + (b - lax.stop_gradient(b))
                 ev.lp_elems[atom] = log_probs
                 ev.lps[atom] = jnp.sum(log_probs)
             if baseline is not None:
@@ -461,6 +464,11 @@ REVERSE_OVER_REVERSE: contextvars.ContextVar = contextvars.ContextVar(
 # Baselines given by site name from outside the program (leave-one-out, moving averages).
 INJECTED_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
     "jax_scg_baselines", default=types.MappingProxyType({})
+)
+# When set, every site's baseline b enters its own log-probability as b - stop_gradient(b), so
+# that d surrogate / d b = downstream cost - b: the negated gradient of the critic's squared error.
+FIT_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
+    "jax_scg_fit_baselines", default=False
 )
 # Zero offsets added to named sites' log-probabilities; d surrogate / d offset = downstream cost.
 LOG_PROB_OFFSETS: contextvars.ContextVar = contextvars.ContextVar(

@@ -34,7 +34,9 @@ def _check_objective(fn, shape):
         )
 
 
-def surrogate(fn, *, has_aux: bool = False, validate: bool = False, baselines=None):
+def surrogate(
+    fn, *, has_aux: bool = False, validate: bool = False, baselines=None, _fit_baselines=False
+):
     """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
 
     ``fn`` is traced to a jaxpr; its ``scg.sample`` sites, its cost nodes (the summands of the
@@ -87,12 +89,21 @@ def surrogate(fn, *, has_aux: bool = False, validate: bool = False, baselines=No
         else:
             _check_objective(fn, out_shape)
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+        if _fit_baselines and not scope.has_baselines():
+            raise ValueError(
+                f"jax_scg: critic_argnums was given for {_function_name(fn)}, but none of its "
+                "sample calls has a baseline= to fit.\n  What to do: pass baseline=V(state) "
+                "computed from the critic's parameters to the sites it should serve, or drop "
+                "critic_argnums."
+            )
         flat_args = jax.tree_util.tree_leaves((args, kwargs))
         validate_token = interpreter.VALIDATE.set(validate)
         baselines_token = interpreter.INJECTED_BASELINES.set(dict(baselines or {}))
+        fit_token = interpreter.FIT_BASELINES.set(_fit_baselines)
         try:
             objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
         finally:
+            interpreter.FIT_BASELINES.reset(fit_token)
             interpreter.INJECTED_BASELINES.reset(baselines_token)
             interpreter.VALIDATE.reset(validate_token)
         if not has_aux:
@@ -103,10 +114,33 @@ def surrogate(fn, *, has_aux: bool = False, validate: bool = False, baselines=No
     return surrogate_fn
 
 
-def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baselines=None):
+def grad(
+    fn,
+    argnums=0,
+    *,
+    has_aux: bool = False,
+    validate: bool = False,
+    baselines=None,
+    critic_argnums=None,
+):
     """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
 
     ``validate`` and ``baselines`` are as in ``surrogate``.
+
+    Args:
+      fn: as in ``surrogate``.
+      argnums: which positional arguments to differentiate, as in ``jax.grad``.
+      has_aux: as in ``jax.grad``.
+      validate: as in ``surrogate``.
+      baselines: as in ``surrogate``.
+      critic_argnums: optional positional argument(s) holding a learned baseline's (a
+        critic's) parameters, used by ``sample(..., baseline=V(params, state))`` calls. Then
+        the result is a pair ``(gradient, critic_gradient)``: ``gradient`` is the usual
+        estimate for ``argnums`` (unchanged by this option), and ``critic_gradient`` is the
+        gradient, with respect to ``critic_argnums``, of the critic's squared error
+        ``½ Σ_sites Σ_elements (b − Q̂)²`` against each site's downstream cost ``Q̂`` (held
+        fixed): descend it to fit the baselines. Both come from the same draws; an
+        actor-critic update is one call.
 
     Examples:
       >>> import jax, jax_scg as scg
@@ -115,19 +149,87 @@ def grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baseli
       >>> g = scg.grad(f)(1.5, jax.random.key(0))
       >>> g.shape
       ()
+
+      With a learned constant baseline ``psi`` for a site whose downstream cost is 0 or 2 (the
+      constant 1 is a cost node of its own, which the site does not influence):
+
+      >>> def loss(theta, psi, key):
+      ...     x = scg.sample(key, D.Bernoulli(logits=theta), baseline=psi)
+      ...     return 1.0 + 2.0 * x
+      >>> g, g_critic = scg.grad(loss, critic_argnums=1)(0.0, 0.5, jax.random.key(1))
+      >>> float(g_critic) in (0.5 - 0.0, 0.5 - 2.0)  # b - Q̂
+      True
     """
+    if critic_argnums is not None:
+        value_and_grads = value_and_grad(
+            fn,
+            argnums,
+            has_aux=has_aux,
+            validate=validate,
+            baselines=baselines,
+            critic_argnums=critic_argnums,
+        )
+
+        def grads_only(*args, **kwargs):
+            value, grads = value_and_grads(*args, **kwargs)
+            return (grads, value[1]) if has_aux else grads
+
+        return grads_only
     objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
     return _flag_reverse_over_reverse(jax.grad(objective, argnums=argnums, has_aux=has_aux))
 
 
-def value_and_grad(fn, argnums=0, *, has_aux: bool = False, validate: bool = False, baselines=None):
+def value_and_grad(
+    fn,
+    argnums=0,
+    *,
+    has_aux: bool = False,
+    validate: bool = False,
+    baselines=None,
+    critic_argnums=None,
+):
     """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
 
     Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
+    With ``critic_argnums`` (see ``grad``) the gradient is the pair
+    ``(gradient, critic_gradient)``.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> f = lambda mu, key: scg.sample(key, D.Normal(mu, 1.0)) ** 2
+      >>> value, g = scg.value_and_grad(f)(1.5, jax.random.key(0))
+      >>> value.shape, g.shape
+      ((), ())
     """
     objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
     gradient = jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
-    return _flag_reverse_over_reverse(gradient)
+    if critic_argnums is None:
+        return _flag_reverse_over_reverse(gradient)
+    _check_disjoint(fn, argnums, critic_argnums)
+    fit = surrogate(
+        fn, has_aux=has_aux, validate=validate, baselines=baselines, _fit_baselines=True
+    )
+    fit_gradient = jax.grad(fit, argnums=critic_argnums, has_aux=has_aux)
+
+    def with_critic(*args, **kwargs):
+        value, grads = gradient(*args, **kwargs)
+        fitted = fit_gradient(*args, **kwargs)
+        fitted = fitted[0] if has_aux else fitted
+        critic = jax.tree_util.tree_map(jnp.negative, fitted)
+        return value, (grads, critic)
+
+    return _flag_reverse_over_reverse(with_critic)
+
+
+def _check_disjoint(fn, argnums, critic_argnums):
+    as_set = lambda a: {a} if isinstance(a, int) else set(a)  # noqa: E731
+    overlap = as_set(argnums) & as_set(critic_argnums)
+    if overlap:
+        raise ValueError(
+            f"jax_scg: argnums and critic_argnums of {_function_name(fn)} share {sorted(overlap)}."
+            "\n  What to do: keep the critic's parameters in an argument of their own."
+        )
 
 
 def _flag_reverse_over_reverse(gradient_fn):
