@@ -1,7 +1,9 @@
 """Variance of jax_scg's estimators, in one run: ``python benchmarks/variance.py [--quick]``.
 
 Models: the REBAR toy E[(b - t)²] with b ~ Bernoulli(σ(θ)) for t = 0.45 and 0.499, and a
-16-step policy rollout in ``lax.scan``. For each estimator (and baseline): the Monte Carlo mean
+16-step policy rollout in ``lax.scan`` (with a hand-set and a learned value baseline).
+The sigmoid belief net on digits and the comparison with NumPyro are in
+``variance_peers.py``. For each estimator (and baseline): the Monte Carlo mean
 against the exact gradient (bias in standard errors: the relaxations are biased by design),
 the variance of one estimate (mean over coordinates), its ratio to the plain score-function
 estimator, and the time per estimate (jit + vmap, median of repeats). Writes
@@ -19,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from harness import markdown_table
 from jax import lax
 
@@ -61,6 +64,56 @@ def rollout_exact_gradient(theta, n=200_000):
     return g.mean(0), g.std(0) / np.sqrt(n)
 
 
+def learn_rebar_control(loss, theta, steps):
+    """REBAR's (η, log λ) fitted by descending the squared gradient estimate (its variance)."""
+
+    def squared(control, key):
+        estimator = scg.estimators.rebar(control[0], jnp.exp(control[1]))
+        return scg.grad(functools.partial(loss, estimator=estimator))(theta, key) ** 2
+
+    optimiser = optax.adam(0.1)
+
+    @jax.jit
+    def step(control, opt_state, key):
+        g = jax.vmap(jax.grad(squared), (None, 0))(control, jax.random.split(key, 256)).mean(0)
+        updates, opt_state = optimiser.update(g, opt_state)
+        return optax.apply_updates(control, updates), opt_state
+
+    control = jnp.array([1.0, jnp.log(0.5)])
+    opt_state = optimiser.init(control)
+    for key in jax.random.split(jax.random.key(7), steps):
+        control, opt_state = step(control, opt_state, key)
+    return scg.estimators.rebar(control[0], jnp.exp(control[1])), control
+
+
+def learn_critic(theta, steps):
+    """A linear value baseline V(s) = ψ0 + ψ1 s fitted with ``critic_argnums``."""
+    grads = jax.vmap(scg.grad(rollout_with_critic, critic_argnums=1), (None, None, 0))
+    optimiser = optax.adam(0.05)
+
+    @jax.jit
+    def step(psi, opt_state, key):
+        _, g_critic = grads(theta, psi, jax.random.split(key, 256))
+        updates, opt_state = optimiser.update(g_critic.mean(0), opt_state)
+        return optax.apply_updates(psi, updates), opt_state
+
+    psi = jnp.zeros(2)
+    opt_state = optimiser.init(psi)
+    for key in jax.random.split(jax.random.key(8), steps):
+        psi, opt_state = step(psi, opt_state, key)
+    return psi
+
+
+def rollout_with_critic(theta, psi, key):
+    def body(state, k):
+        a = scg.sample(
+            k, D.Bernoulli(logits=theta[0] + theta[1] * state), baseline=psi[0] + psi[1] * state
+        )
+        return 0.7 * state + a, (a - 0.5 * state) ** 2
+
+    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
+
+
 def estimate(fn, theta, n, seed):
     keys = jax.random.split(jax.random.key(seed), n)
     run = jax.jit(jax.vmap(fn, in_axes=(None, 0)))
@@ -80,7 +133,9 @@ def rows_for(name, variants, exact, theta, n, seed):
         mean, se = g.mean(0), g.std(0, ddof=1) / np.sqrt(n)
         variance = float(g.var(0, ddof=1).mean())
         reference = variance if reference is None else reference
-        bias_z = float(np.max(np.abs(mean - exact) / np.maximum(se, 1e-12)))
+        # Zero-variance estimators: compare up to float rounding instead of dividing by 0.
+        floor = 1e-6 * (1.0 + np.abs(exact))
+        bias_z = float(np.max(np.abs(mean - exact) / np.maximum(se, floor)))
         rows.append(
             [
                 name,
@@ -120,14 +175,33 @@ def main(argv=None):
                 "Gumbel-softmax τ=1 (biased)",
                 scg.grad(functools.partial(loss, estimator="gumbel_softmax")),
             ),
+            ("enumerate (exact sum)", scg.grad(functools.partial(loss, estimator="enumerate"))),
+            ("ARM (2 evaluations)", scg.grad(functools.partial(loss, estimator="arm"))),
+            ("DisARM (2 evaluations)", scg.grad(functools.partial(loss, estimator="disarm"))),
+            (
+                "REBAR η=1, λ=0.5 (3 evaluations)",
+                scg.grad(functools.partial(loss, estimator="rebar")),
+            ),
         ]
+        learned, control = learn_rebar_control(loss, theta, 20 if args.quick else 300)
+        variants.append(
+            (
+                f"REBAR learned η={float(control[0]):.2f}, λ={float(jnp.exp(control[1])):.2f}",
+                scg.grad(functools.partial(loss, estimator=learned)),
+            )
+        )
         exact_grad = np.atleast_1d(np.asarray(jax.grad(exact)(theta)))
         rows += rows_for(f"REBAR toy t={t}", variants, exact_grad, theta, n, seed=1)
     theta = jnp.array([0.2, -0.5])
     reference, _ = rollout_exact_gradient(theta, n=20_000 if args.quick else 400_000)
+    psi = learn_critic(theta, 20 if args.quick else 300)
     variants = [
         ("score function (reward-to-go)", scg.grad(rollout)),
         ("value baseline V(s)", scg.grad(functools.partial(rollout, baseline="value"))),
+        (
+            "learned value baseline (critic_argnums)",
+            scg.grad(lambda t, k: rollout_with_critic(t, psi, k)),
+        ),
         (
             "straight-through (biased)",
             scg.grad(functools.partial(rollout, estimator="straight_through")),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import itertools
 import types
 
 import jax
@@ -85,8 +86,9 @@ _union = alignment.union
 class Analysis:
     """Influence, cost structure and demand for one scope, given its inputs' influence."""
 
-    def __init__(self, scope: Scope, input_influence):
+    def __init__(self, scope: Scope, input_influence, depth: int = 0):
         self.scope = scope
+        self.depth = depth  # 0 for the program, +1 inside each loop, branch or checkpoint
         self.influence: dict = dict(zip(scope.inputs, input_influence))
         self.local_atoms: list = []
         self.subs: dict = {}
@@ -197,26 +199,40 @@ class Evaluation:
 
     def surrogate(self, ref):
         """``s(ref)``: the value with every cost node below it multiplied by its magic box."""
+        branches = BRANCHES.get()
         if isinstance(ref, Const):
-            return ref.value
+            if branches is None:
+                return ref.value
+            return branches.factor((), jnp.shape(ref.value)) * ref.value
         if ref not in self.surrogates:
             value = self.env[ref]
             atoms = self.analysis.of(ref)
-            if atoms:
+            if atoms or branches is not None:
                 value = self.box(atoms, jnp.shape(value)).astype(jnp.result_type(value)) * value
+            if branches is not None:
+                value = branches.centre(atoms, value)
             self.surrogates[ref] = value
         return self.surrogates[ref]
 
     def box(self, atoms: frozenset, shape=()):
-        """⊡ of the atoms' log-probabilities, laid out on a cost of ``shape``."""
+        """⊡ of the atoms' log-probabilities, laid out on a cost of ``shape``.
+
+        Inside a branched evaluation (``_Branches``), times the branch weights.
+        """
+        branches = BRANCHES.get()
+        branch_entries = () if branches is None else branches.entries(atoms)
+        atoms = atoms.difference(branch_entries)
         plain = frozenset(a for a in atoms if a[0] != alignment.ELEM)
         aligned = sorted((a for a in atoms if a[0] == alignment.ELEM), key=repr)
-        cache_key = (atoms, tuple(shape) if aligned else ())
+        cache_key = (atoms, frozenset(branch_entries), tuple(shape))
         if cache_key not in self._boxes:
             tau = self.tau(plain) if plain else 0.0
             for _, atom, axes in aligned:
                 tau = tau + alignment.log_prob_for_cost(self.lp_elems[atom], axes, shape)
-            self._boxes[cache_key] = magic_box(tau)
+            box = magic_box(tau)
+            if branches is not None:
+                box = box * branches.factor(branch_entries, shape)
+            self._boxes[cache_key] = box
         return self._boxes[cache_key]
 
     def tau(self, atoms: frozenset):
@@ -349,7 +365,21 @@ class SampleRule(Rule):
             for r, infl in zip(leaf_refs, leaf_influence)
         ]
         ancestors = _union([alignment.whole(key_influence), *kept])  # the baseline is no parent
-        if site.resolved_estimator(value_dtype) != primitive.SCORE_FUNCTION:
+        an.subs[eqn.uid] = alignment.whole(ancestors)
+        estimator = site.resolved_estimator(value_dtype)
+        branching = isinstance(estimator, estimators.Branching)
+        if branching and an.depth > 0:
+            raise SiteError(
+                site_message(
+                    site.label,
+                    f"estimator {estimator.kind!r} runs the rest of the program once per branch "
+                    "value, which jax_scg supports only for sites outside loops, branches and "
+                    "checkpoints (a site inside lax.scan would need a branch per iteration).",
+                    "move the site out of the loop or branch, or use another estimator there "
+                    '(e.g. "score_function" with a baseline).',
+                )
+            )
+        if estimator != primitive.SCORE_FUNCTION and not branching:
             if site.has_baseline:
                 raise SiteError(
                     site_message(
@@ -374,7 +404,6 @@ class SampleRule(Rule):
             return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
-        an.subs[eqn.uid] = alignment.whole(ancestors)
         return [_union([ancestors, alignment.site_value(atom, len(log_prob_shape))])]
 
     def mark(self, an, eqn, tree_outputs):
@@ -388,12 +417,24 @@ class SampleRule(Rule):
     def emit(self, ev, eqn):
         site = eqn.params["site"]
         key, leaves, baseline = site.split([ev.read(r) for r in eqn.inputs])
+        branches = BRANCHES.get()
+        if branches is not None:
+            for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
+                key = primitive.fold_branch(site, key, branches.index[uid])
         value = primitive.draw(site, key, leaves)
         if VALIDATE.get():
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
         estimator = site.resolved_estimator(value.dtype)
-        if isinstance(estimator, estimators.Relaxation):
+        if isinstance(estimator, estimators.Branching):
+            index = branches.index[eqn.uid]
+            estimator = site.estimator_from([ev.read(r) for r in eqn.inputs])
+            value, weight = primitive.branch_draw(site, estimator, key, leaves, index)
+            branches.weights[eqn.uid] = weight.astype(_tau_dtype())
+            if estimator.centred_branches:
+                centred = jnp.asarray(estimator.centred_branches, _tau_dtype())[index]
+                branches.centred[eqn.uid] = centred
+        elif isinstance(estimator, estimators.Relaxation):
             value = primitive.relaxed_draw(site, estimator, key, leaves)
         elif estimator == primitive.SCORE_FUNCTION:
             value = lax.stop_gradient(value)
@@ -415,12 +456,15 @@ class SampleRule(Rule):
 
 def _site_operand_structs(an: Analysis, eqn: Eqn):
     """``(key, leaves)`` of a site as shape/dtype structs, for abstract evaluation."""
-    structs = [
+    key, leaves, _ = eqn.params["site"].split(_operand_structs(an, eqn))
+    return key, leaves
+
+
+def _operand_structs(an: Analysis, eqn: Eqn):
+    return [
         jax.ShapeDtypeStruct(aval_of(r, an.scope).shape, aval_of(r, an.scope).dtype)
         for r in eqn.inputs
     ]
-    key, leaves, _ = eqn.params["site"].split(structs)
-    return key, leaves
 
 
 def _uses_implicit_gradients(an: Analysis, eqn: Eqn) -> bool:
@@ -453,10 +497,12 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
     own = 1.0 - magic_box(log_probs)
     term = jnp.sum(own * b).astype(_tau_dtype())
     ancestors = ev.analysis.subs[eqn.uid]
-    return term * ev.box(ancestors) if ancestors else term
+    return term * ev.box(ancestors) if ancestors or BRANCHES.get() is not None else term
 
 
 VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
+# The current branches of the branching sites while a branched evaluation runs (else None).
+BRANCHES: contextvars.ContextVar = contextvars.ContextVar("jax_scg_branches", default=None)
 # Set by scg.grad when it is itself being reverse-differentiated (grad of grad).
 REVERSE_OVER_REVERSE: contextvars.ContextVar = contextvars.ContextVar(
     "jax_scg_reverse_over_reverse", default=False
@@ -529,7 +575,7 @@ class _SubprogramRule(Rule):
 
     def influence(self, an, eqn, in_influence):
         ops = [_as_outer(s) for s in self.operands(eqn, in_influence)]
-        analyses = [Analysis(sub, ops) for sub in self.branches(eqn)]
+        analyses = [Analysis(sub, ops, an.depth + 1) for sub in self.branches(eqn)]
         an.subs[eqn.uid] = _BodyInfo(analyses)
         control = _union(in_influence[: len(in_influence) - len(ops)])
         for b, body_an in enumerate(analyses):
@@ -636,7 +682,9 @@ class WhileRule(Rule):
                 )
             )
         everything = _union(in_influence)
-        body_an = Analysis(body_scope, [_as_outer(everything)] * len(body_scope.inputs))
+        body_an = Analysis(
+            body_scope, [_as_outer(everything)] * len(body_scope.inputs), an.depth + 1
+        )
         an.subs[eqn.uid] = _BodyInfo([body_an])
         atoms = [("sub", eqn.uid, a) for a in body_an.local_atoms]
         an.local_atoms += atoms
@@ -710,7 +758,7 @@ class ScanRule(Rule):
         ins = [_as_outer(s) for s in in_influence]
         carry = ins[nc : nc + nk]
         while True:
-            body_an = Analysis(body, ins[:nc] + carry + ins[nc + nk :])
+            body_an = Analysis(body, ins[:nc] + carry + ins[nc + nk :], an.depth + 1)
             step = [_next_iteration(body_an.of(r)) for r in body.outputs[:nk]]
             new_carry = [c | s for c, s in zip(carry, step)]
             if new_carry == carry:
@@ -765,7 +813,7 @@ class ScanRule(Rule):
         consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
         s_init = [ev.surrogate(eqn.inputs[nc + j]) for j in info.tree_carries]
         cum_init = [jnp.zeros((), _tau_dtype()) for _ in info.cum_atoms]
-        outer_lps = {("outer", a): ev.lps[a] for a in info.outer_atoms}
+        outer_lps = {("outer", a): ev.lps[a] for a in info.outer_atoms if a in ev.lps}
 
         def body_fn(carry, x):
             values, s_values, cums, baseline_total = carry
@@ -851,13 +899,122 @@ def named_score_sites(scope: Scope) -> dict:
 
 
 def evaluate_surrogate(scope: Scope, flat_args, with_baselines: bool = True):
-    """Runs ``scope`` with a surrogate for output 0; returns (surrogate, all outputs)."""
+    """Runs ``scope`` with a surrogate for output 0; returns (surrogate, all outputs).
+
+    With branching sites (``estimators.Branching``), the program runs once per combination of
+    their branches, vectorised with ``vmap`` (values no branching site influences stay
+    unbatched, so they are computed once); the surrogate is the sum over combinations and the
+    other outputs are those of the first combination.
+    """
     check_site_names(scope)
     analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
     analysis.mark_costs([0])
     analysis.demand()
-    ev = Evaluation(analysis, flat_args)
-    objective = ev.surrogate(scope.outputs[0])
-    if ev.baseline_terms and with_baselines:
-        objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
-    return objective, ev.outputs()
+
+    def run(branches=None):
+        token = BRANCHES.set(branches)
+        try:
+            ev = Evaluation(analysis, flat_args)
+            objective = ev.surrogate(scope.outputs[0])
+            if ev.baseline_terms and with_baselines:
+                objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
+            return objective, ev.outputs()
+        finally:
+            BRANCHES.reset(token)
+
+    branching = _branching_sites(analysis)
+    if not branching:
+        return run()
+    counts = [
+        primitive.num_branches(eqn.params["site"], _operand_structs(analysis, eqn))
+        for eqn, _ in branching
+    ]
+    rows = jnp.asarray(list(itertools.product(*(range(k) for k in counts))), jnp.int32)
+    labels = {eqn.uid: eqn.params["site"].label for eqn, _ in branching}
+
+    def run_row(row):
+        return run(_Branches({eqn.uid: row[i] for i, (eqn, _) in enumerate(branching)}, labels))
+
+    objectives, outputs = jax.vmap(run_row)(rows)
+    return jnp.sum(objectives, axis=0), [out[0] for out in outputs]
+
+
+def _branching_sites(analysis: Analysis) -> list:
+    """``(equation, estimator)`` of the program's sites whose estimator branches."""
+    out = []
+    for eqn in analysis.scope.eqns:
+        if eqn.is_site:
+            site = eqn.params["site"]
+            estimator = site.resolved_estimator(analysis.scope.avals[eqn.outputs[0]].dtype)
+            if isinstance(estimator, estimators.Branching):
+                out.append((eqn, estimator))
+    return out
+
+
+@dataclasses.dataclass
+class _Branches:
+    """The current branch of every branching site, during one (vmapped) evaluation.
+
+    A cost's surrogate is multiplied by the weight of the current branch of each branching
+    site that influences it (elementwise where credit is per element), and by ``1[branch ==
+    0]`` for the others, so that a cost is counted once over the branches it does not vary in.
+    """
+
+    index: dict  # site uid -> branch index (a tracer of the branch vmap)
+    labels: dict  # site uid -> label, for messages
+    weights: dict = dataclasses.field(default_factory=dict)  # site uid -> elementwise weight
+    centred: dict = dataclasses.field(default_factory=dict)  # site uid -> 1. if centred branch
+
+    def centre(self, atoms, term):
+        """``term`` with its value removed when a site's current branch is centred (REBAR)."""
+        flags = [self.centred[u] for u in self.uids_in(atoms) if u in self.centred]
+        if not flags:
+            return term
+        kept = functools.reduce(lambda a, b: a * b, [1.0 - f for f in flags])
+        return term - (1.0 - kept).astype(jnp.result_type(term)) * lax.stop_gradient(term)
+
+    def uid_of(self, entry):
+        atom = entry
+        while atom[0] in ("outer", alignment.ELEM):
+            atom = atom[1]
+        return atom[1] if atom[0] == "site" and atom[1] in self.index else None
+
+    def entries(self, atoms) -> tuple:
+        """The influence entries that stand for branching sites."""
+        return tuple(a for a in atoms if self.uid_of(a) is not None)
+
+    def uids_in(self, atoms) -> list:
+        return sorted({self.uid_of(a) for a in atoms} - {None})
+
+    def factor(self, entries, shape):
+        """The product of the weights (and indicators) for a cost of ``shape``."""
+        factor = jnp.ones((), _tau_dtype())
+        present = set()
+        for entry in sorted(entries, key=repr):
+            uid = self.uid_of(entry)
+            present.add(uid)
+            weight = self.weights[uid]
+            if entry[0] == alignment.ELEM:
+                mixed = [k for k, a in enumerate(entry[2]) if a is None and weight.shape[k] != 1]
+                if not mixed:
+                    weight = alignment.log_prob_for_cost(weight, entry[2], shape)
+            else:
+                mixed = weight.size != 1
+                weight = jnp.reshape(weight, ()) if not mixed else weight
+            if mixed:
+                raise SiteError(
+                    site_message(
+                        self.labels[uid],
+                        "a branching estimator needs each cost element to depend on one "
+                        "element of this vectorised site only (per-element credit), but a cost "
+                        "combines several of its elements (e.g. a sum or a matrix product over "
+                        "them, or a loop that receives the whole array).",
+                        "keep the per-element structure up to the per-element costs, sample "
+                        "the elements as separate sites, or use another estimator.",
+                    )
+                )
+            factor = factor * weight
+        for uid, index in self.index.items():
+            if uid not in present:
+                factor = factor * (index == 0).astype(factor.dtype)
+        return factor

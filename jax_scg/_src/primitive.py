@@ -34,14 +34,17 @@ class SiteInfo:
     Attributes:
       treedef: tree structure of the distribution; its leaves are the primitive's operands
         after the key.
-      estimator: the estimator the user asked for (one of ``ESTIMATORS``).
+      estimator: the estimator the user asked for (one of ``ESTIMATORS``, or a value from
+        ``estimators.py``).
       reparameterized: the distribution's ``is_reparameterized`` flag.
       name: the user's ``name=``, or None.
       label: how messages name the site: its name, or its distribution and source line.
       has_baseline: whether a baseline array follows the leaves among the operands.
       batch_axes: one entry per ``jax.vmap`` that encloses the call inside the traced
         function, outermost first; each entry gives ``in_axes`` (0 or None) for every
-        operand ``(key, *leaves[, baseline])``.
+        operand ``(key, *leaves[, baseline], *estimator_leaves)``.
+      estimator_treedef: tree structure of an estimator with array parameters (e.g. REBAR's
+        η and temperature), whose leaves are the last operands; None for static estimators.
     """
 
     treedef: Any
@@ -51,6 +54,18 @@ class SiteInfo:
     label: str
     has_baseline: bool = False
     batch_axes: tuple = ()
+    estimator_treedef: Any = None
+
+    @property
+    def num_estimator_leaves(self) -> int:
+        return 0 if self.estimator_treedef is None else self.estimator_treedef.num_leaves
+
+    def estimator_from(self, operands):
+        """The estimator with its array parameters (operands after the baseline), if any."""
+        if self.estimator_treedef is None:
+            return self.estimator
+        leaves = operands[len(operands) - self.num_estimator_leaves :]
+        return jax.tree_util.tree_unflatten(self.estimator_treedef, leaves)
 
     def split(self, operands):
         """``(key, leaves, baseline or None)`` from the primitive's operands."""
@@ -106,6 +121,42 @@ def relaxed_draw(site: SiteInfo, relaxation, key, leaves):
         return relaxation.draw(jax.tree_util.tree_unflatten(site.treedef, leaves), key)
 
     return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
+
+
+def branch_draw(site: SiteInfo, estimator, key, leaves, index):
+    """Branch ``index`` of a branching estimator: ``(value, weight)`` (see ``estimators.py``)."""
+
+    def single(key, *leaves):
+        values, weights = estimator.branches(
+            jax.tree_util.tree_unflatten(site.treedef, leaves), key
+        )
+        return values[index], weights[index]
+
+    return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
+
+
+def num_branches(site: SiteInfo, operands) -> int:
+    """How many branches the site's estimator evaluates (from the operands' shapes only)."""
+
+    def weights(operands):
+        key, leaves, _ = site.split(operands)
+        estimator = site.estimator_from(operands)
+
+        def single(key, *leaves):
+            dist = jax.tree_util.tree_unflatten(site.treedef, leaves)
+            return estimator.branches(dist, key)[1]
+
+        return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
+
+    return jax.eval_shape(weights, list(operands)).shape[len(site.batch_axes)]
+
+
+def fold_branch(site: SiteInfo, key, index):
+    """``key`` folded with a branch index, for a site drawn independently in each branch."""
+    fn = lambda k: jax.random.fold_in(k, index)  # noqa: E731
+    for _ in site.batch_axes:
+        fn = jax.vmap(fn)
+    return fn(key)
 
 
 def broadcast_baseline(site: SiteInfo, baseline, log_probs):
@@ -179,6 +230,16 @@ def _sample_batch(args, dims, *, site):
                 "log-probability and a wrong gradient).",
                 "split the key and map over it too, e.g. "
                 "jax.vmap(f)(params, jax.random.split(key, n)).",
+            )
+        )
+    n_est = site.num_estimator_leaves
+    if n_est and any(d is not None for d in dims[len(dims) - n_est :]):
+        raise SiteError(
+            site_message(
+                site.label,
+                "the estimator's parameters (e.g. REBAR's eta and temperature) are batched by a "
+                "jax.vmap inside the loss; one site has one set of estimator parameters.",
+                "compute them outside the vmap, or vmap the whole scg.grad call instead.",
             )
         )
     moved = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
@@ -276,6 +337,15 @@ def _check_key(key, label: str):
     )
 
 
+_BRANCHING_NEEDS = {
+    "enumerate": "it needs a distribution with a finite support (enumerate_support())",
+    "disarm": "it needs a Bernoulli distribution",
+    "arm": "it needs a Bernoulli distribution",
+    "measure_valued": "it needs a Normal distribution",
+    "rebar": "it needs a Bernoulli distribution",
+}
+
+
 def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | None = None):
     """Draws from ``dist``: a stochastic node of a stochastic computation graph.
 
@@ -289,7 +359,10 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
       dist: a distribution: any pytree with ``sample(key)``, ``log_prob(value)`` and a boolean
         ``is_reparameterized`` (see ``jax_scg.distributions``).
       estimator: ``"auto"`` (pathwise when the distribution is reparameterised and its value
-        continuous, score function otherwise), ``"score_function"`` or ``"pathwise"``.
+        continuous, score function otherwise), ``"score_function"``, ``"pathwise"``, or
+        another estimator by name or value (``"enumerate"``, ``"disarm"``, ``"arm"``,
+        ``"measure_valued"``, ``"gumbel_softmax"``, ``"straight_through"``; see
+        ``jax_scg.estimators``).
       baseline: an optional baseline ``b`` (Schulman et al. 2015, section 4; Mao et al.
         2019): an array computed before the site (a constant, a running average, a value
         function of the state), broadcastable to the site's log-probability. Each element's
@@ -319,7 +392,8 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 "log_prob(value) and a boolean is_reparameterized attribute.",
             )
         )
-    estimator = estimators.NAMED.get(estimator, estimator)
+    if isinstance(estimator, str):
+        estimator = estimators.NAMED.get(estimator, estimator)
     if isinstance(estimator, estimators.Relaxation):
         if not estimator.supports(dist):
             raise SiteError(
@@ -328,6 +402,25 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                     f"the {estimator.kind} relaxation needs a Bernoulli or OneHotCategorical "
                     f"distribution, got {type(dist).__name__}.",
                     "use OneHotCategorical instead of Categorical, or another estimator.",
+                )
+            )
+    elif isinstance(estimator, estimators.Branching):
+        if not estimator.supports(dist):
+            raise SiteError(
+                site_message(
+                    label,
+                    f"estimator {estimator.kind!r} does not apply to {type(dist).__name__}: "
+                    f"{_BRANCHING_NEEDS[estimator.kind]}.",
+                    'use another estimator (e.g. "score_function").',
+                )
+            )
+        if baseline is not None:
+            raise SiteError(
+                site_message(
+                    label,
+                    f"baseline= was given to a site with estimator {estimator.kind!r}, which has "
+                    "no score term for a baseline to act on.",
+                    'drop the baseline (or use estimator="score_function" with it).',
                 )
             )
     elif estimator not in ESTIMATORS:
@@ -361,15 +454,26 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 "keep static configuration out of the pytree's children.",
             )
         ) from None
+    estimator_leaves, estimator_treedef = [], None
+    if isinstance(estimator, estimators.Branching) and estimator.skeleton() is not estimator:
+        estimator_leaves, estimator_treedef = jax.tree_util.tree_flatten(estimator)
+        estimator_leaves = [jnp.asarray(x, jnp.result_type(float)) for x in estimator_leaves]
+        estimator = estimator.skeleton()
     site = SiteInfo(
-        treedef, estimator, bool(dist.is_reparameterized), name, label, baseline is not None
+        treedef,
+        estimator,
+        bool(dist.is_reparameterized),
+        name,
+        label,
+        baseline is not None,
+        estimator_treedef=estimator_treedef,
     )
     if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
         _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
     operands = [key, *leaves]
     if baseline is not None:
         operands.append(_check_baseline(site, dist, key, baseline))
-    return sample_p.bind(*operands, site=site)
+    return sample_p.bind(*operands, *estimator_leaves, site=site)
 
 
 def _check_baseline(site: SiteInfo, dist, key, baseline):
