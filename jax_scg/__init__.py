@@ -7,6 +7,7 @@ Graphs", in the any-order DiCE form (Foerster et al. 2018).
 from jax_scg import baselines as baselines
 from jax_scg import distributions as distributions
 from jax_scg import estimators as estimators
+from jax_scg._src.condition import condition as condition
 from jax_scg._src.errors import SiteError as SiteError
 from jax_scg._src.interpreter import magic_box as magic_box
 from jax_scg._src.primitive import sample as sample
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SiteError",
     "baselines",
+    "condition",
     "distributions",
     "downstream_costs",
     "estimators",

@@ -28,15 +28,25 @@ SCRIPT = textwrap.dedent(
         sharded_keys = jax.device_put(keys, NamedSharding(mesh, P("keys")))
         many = estimate(model.theta, sharded_keys)
         assert len(many.sharding.device_set) == 8
+        def per_device(theta, keys):
+            # With check_vma (the default), JAX sums gradients of a replicated parameter
+            # over the mesh axis; marking it varying keeps one estimate per key.
+            theta = jax.lax.pcast(theta, ("keys",), to="varying")
+            return jax.vmap(scg.grad(model.fn), in_axes=(None, 0))(theta, keys)
+
         mapped = jax.jit(
+            shard_map(per_device, mesh=mesh, in_specs=(P(), P("keys")), out_specs=P("keys"))
+        )(model.theta, sharded_keys)
+        unchecked = jax.jit(
             shard_map(
                 jax.vmap(scg.grad(model.fn), in_axes=(None, 0)),
                 mesh=mesh,
                 in_specs=(P(), P("keys")),
                 out_specs=P("keys"),
-                check_vma=False,  # sites do not yet record shard_map's varying axes
+                check_vma=False,
             )
         )(model.theta, sharded_keys)
+        np.testing.assert_array_equal(np.asarray(unchecked), np.asarray(mapped))
         if model.name == "mixed":
             # Transcendentals of the Normal draw compile to different CPU kernels for 64 and
             # for 8 rows: equal to float rounding, not bitwise.

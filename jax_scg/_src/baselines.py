@@ -67,7 +67,7 @@ def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
 
 
 class MovingAverageState(NamedTuple):
-    """Running sums of each named site's downstream cost."""
+    """The bias-corrected average of each named site's downstream cost, and the count."""
 
     mean: dict
     count: jax.Array
@@ -89,20 +89,31 @@ def moving_average(decay: float = 0.9) -> MovingAverage:
       >>> avg = scg.baselines.moving_average(0.9)
       >>> state = avg.init({"x": jnp.zeros(())})
       >>> state = avg.update(state, {"x": jnp.asarray(2.0)})
-      >>> round(float(avg.value(state)["x"]), 4)  # bias-corrected: the first value itself
+      >>> float(avg.value(state)["x"])  # bias-corrected: the first value itself
       2.0
     """
+
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"moving_average needs 0 <= decay < 1, got {decay}.")
 
     def init(costs_like):
         mean = jax.tree_util.tree_map(jnp.zeros_like, costs_like)
         return MovingAverageState(mean, jnp.zeros((), jnp.int32))
 
     def update(state, costs):
-        mean = jax.tree_util.tree_map(lambda m, c: decay * m + (1.0 - decay) * c, state.mean, costs)
-        return MovingAverageState(mean, state.count + 1)
+        # The bias-corrected average m_t = EMA_t / (1 - d^t) obeys m_t = m_{t-1} + r (c_t -
+        # m_{t-1}) with r = (1 - d) / (1 - d^t): r is exactly 1 at t = 1 (the first cost
+        # itself, bit for bit) and numerator and denominator round alike afterwards.
+        count = state.count + 1
+
+        def step(m, c):
+            d = jnp.asarray(decay, m.dtype)
+            rate = (1 - d) / (1 - d ** count.astype(m.dtype))
+            return m + rate * (c - m)
+
+        return MovingAverageState(jax.tree_util.tree_map(step, state.mean, costs), count)
 
     def value(state):
-        correction = jnp.where(state.count > 0, 1.0 - decay ** state.count.astype(float), 1.0)
-        return jax.tree_util.tree_map(lambda m: m / correction.astype(m.dtype), state.mean)
+        return state.mean
 
     return MovingAverage(init, update, value)

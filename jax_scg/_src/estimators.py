@@ -286,9 +286,7 @@ class REBAR(Branching):
         values = jnp.stack(
             [b, jax.nn.sigmoid(z / temperature), jax.nn.sigmoid(z_given_b / temperature)]
         )
-        weights = jnp.stack(
-            [jnp.exp(score), jnp.broadcast_to(eta, b.shape), -eta * (1.0 + score)]
-        )
+        weights = jnp.stack([jnp.exp(score), jnp.broadcast_to(eta, b.shape), -eta * (1.0 + score)])
         return values, weights
 
 

@@ -42,7 +42,16 @@ from jax import lax
 
 from jax_scg._src import alignment, estimators, primitive
 from jax_scg._src.errors import SiteError, site_message
-from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, scan_counts
+from jax_scg._src.jaxpr import (
+    Const,
+    Eqn,
+    Scope,
+    aval_of,
+    bind,
+    scan_counts,
+    vary_over,
+    varying_axes_of,
+)
 
 EMPTY: frozenset = frozenset()
 
@@ -421,7 +430,8 @@ class SampleRule(Rule):
         if branches is not None:
             for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
                 key = primitive.fold_branch(site, key, branches.index[uid])
-        value = primitive.draw(site, key, leaves)
+        operands = [ev.read(r) for r in eqn.inputs]
+        value = primitive.draw_or_planted(site, [key, *operands[1:]])
         if VALIDATE.get():
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
@@ -493,7 +503,19 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
     if site.has_baseline:
         b = primitive.broadcast_baseline(site, baseline, log_probs)
     else:
-        b = jnp.broadcast_to(jnp.asarray(baseline, log_probs.dtype), log_probs.shape)
+        b = jnp.asarray(baseline, log_probs.dtype)
+        try:
+            b = jnp.broadcast_to(b, log_probs.shape)
+        except ValueError:
+            raise SiteError(
+                site_message(
+                    site.label,
+                    f"the baseline given by name has shape {b.shape}, which does not broadcast "
+                    f"to the site's log-probability shape {log_probs.shape}.",
+                    "give one baseline per element of the site (see scg.downstream_costs for "
+                    "the shapes), or a scalar.",
+                )
+            ) from None
     own = 1.0 - magic_box(log_probs)
     term = jnp.sum(own * b).astype(_tau_dtype())
     ancestors = ev.analysis.subs[eqn.uid]
@@ -625,8 +647,11 @@ class CondRule(_SubprogramRule):
         if not self.needs_rewrite(eqn):
             return super().emit(ev, eqn)
         index, *ops = [ev.read(r) for r in eqn.inputs]
+        axes = varying_axes_of((index, ops))
         branches = [
-            functools.partial(lambda b, *xs: self.run_branch(ev, eqn, b, list(xs)), b)
+            functools.partial(
+                lambda b, *xs: vary_over(self.run_branch(ev, eqn, b, list(xs)), axes), b
+            )
             for b in range(len(eqn.subs))
         ]
         outs, lps, baseline_total = lax.switch(index, branches, *ops)
@@ -722,9 +747,9 @@ class WhileRule(Rule):
             return bev.outputs(), totals, baseline_total + bev.baseline_total()
 
         zero = jnp.zeros((), _tau_dtype())
-        outs, totals, baseline_total = lax.while_loop(
-            cond_fn, body_fn, (init, [zero for _ in info.exported], zero)
-        )
+        carry_init = (init, [zero for _ in info.exported], zero)
+        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init)))
+        outs, totals, baseline_total = lax.while_loop(cond_fn, body_fn, carry_init)
         guard = lambda x: primitive.reverse_guard_p.bind(x, label=label)  # noqa: E731
         ev.set_outputs(eqn, [guard(x) for x in outs])
         for a, total in zip(info.exported, totals):
@@ -828,9 +853,11 @@ class ScanRule(Rule):
             baseline_total = baseline_total + bev.baseline_total()
             return (outs[:nk], new_s, new_cums, baseline_total), (outs[nk:], s_ys)
 
+        carry_init = (init, s_init, cum_init, jnp.zeros((), _tau_dtype()))
+        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init, outer_lps)))
         (final, s_final, totals, baseline_total), (ys, s_ys) = lax.scan(
             body_fn,
-            (init, s_init, cum_init, jnp.zeros((), _tau_dtype())),
+            carry_init,
             xs,
             length=p["length"],
             reverse=p["reverse"],

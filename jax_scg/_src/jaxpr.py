@@ -159,5 +159,55 @@ def bind(eqn: Eqn, invals) -> list:
     subfuns = ()
     if isinstance(bind_params, tuple):  # JAX < 0.7 returned (subfuns, params)
         subfuns, bind_params = bind_params
+    if eqn.name == "pvary":  # shard_map's invariant -> varying cast, inserted at tracing
+        return [vary_over(x, frozenset(eqn.params["axes"])) for x in invals]
+    if not eqn.subs:
+        invals = _same_varying_axes(invals)
     out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _varying_axes(aval) -> frozenset:
+    """The manual mesh axes a value varies over (JAX 0.10/0.11: ``aval.mat.varying``)."""
+    mat = getattr(aval, "mat", None)
+    return getattr(mat, "varying", None) or getattr(aval, "vma", None) or frozenset()
+
+
+def _same_varying_axes(values) -> list:
+    """Inside ``jax.shard_map``, marks every input varying over the union of their axes.
+
+    The rewrite computes some values differently from the traced program (e.g. a draw from
+    a key that varies over a mesh axis), so an equation may meet inputs that vary over
+    different manual axes; JAX's own tracing would have inserted the same ``pcast``.
+    """
+    axes = [_varying_axes(jax.typeof(x)) for x in values]
+    union = frozenset().union(*axes)
+    if not union or all(a == union for a in axes):
+        return list(values)
+    return [
+        x if a == union else jax.lax.pcast(x, tuple(sorted(union - a)), to="varying")
+        for x, a in zip(values, axes)
+    ]
+
+
+def varying_axes_of(tree) -> frozenset:
+    """The union of the manual mesh axes that the leaves of ``tree`` vary over."""
+    return frozenset().union(
+        *(_varying_axes(jax.typeof(x)) for x in jax.tree_util.tree_leaves(tree))
+    )
+
+
+def vary_over(tree, axes: frozenset):
+    """``tree`` with every leaf marked varying over ``axes`` (loop carries, branch outputs).
+
+    Inside ``jax.shard_map`` a loop's carry must keep one type; values that the rewrite adds
+    (log-probability sums, surrogates) start invariant and become varying in the body.
+    """
+    if not axes:
+        return tree
+
+    def cast(x):
+        missing = tuple(sorted(axes - _varying_axes(jax.typeof(x))))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree_util.tree_map(cast, tree)

@@ -9,6 +9,7 @@ This module and ``jaxpr.py`` are the only places that register rules with JAX's 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import sys
@@ -42,9 +43,11 @@ class SiteInfo:
       has_baseline: whether a baseline array follows the leaves among the operands.
       batch_axes: one entry per ``jax.vmap`` that encloses the call inside the traced
         function, outermost first; each entry gives ``in_axes`` (0 or None) for every
-        operand ``(key, *leaves[, baseline], *estimator_leaves)``.
+        operand ``(key, *leaves[, baseline][, value], *estimator_leaves)``.
       estimator_treedef: tree structure of an estimator with array parameters (e.g. REBAR's
         η and temperature), whose leaves are the last operands; None for static estimators.
+      has_value: whether the site's value was planted by ``scg.condition`` (an operand after
+        the baseline) instead of drawn.
     """
 
     treedef: Any
@@ -55,6 +58,13 @@ class SiteInfo:
     has_baseline: bool = False
     batch_axes: tuple = ()
     estimator_treedef: Any = None
+    has_value: bool = False
+
+    def planted(self, operands):
+        """The value planted by ``scg.condition`` (the operand after the baseline), or None."""
+        if not self.has_value:
+            return None
+        return operands[1 + self.treedef.num_leaves + int(self.has_baseline)]
 
     @property
     def num_estimator_leaves(self) -> int:
@@ -177,7 +187,17 @@ sample_p = Primitive("scg_sample")
 
 def _sample_impl(*operands, site):
     key, leaves, _ = site.split(operands)
-    return draw(site, key, leaves)
+    return draw_or_planted(site, operands)
+
+
+def draw_or_planted(site: SiteInfo, operands):
+    """The site's value: planted by ``scg.condition`` if it was, else drawn."""
+    key, leaves, _ = site.split(operands)
+    value = site.planted(operands)
+    if value is None:
+        return draw(site, key, leaves)
+    shape = jax.eval_shape(lambda: draw(site, key, leaves))
+    return jnp.broadcast_to(jnp.asarray(value, shape.dtype), shape.shape)
 
 
 def _check_pathwise_value(site: SiteInfo, dtype):
@@ -203,7 +223,8 @@ def _sample_jvp(primals, tangents, *, site):
     key, leaves, _ = site.split(primals)
     out = sample_p.bind(*primals, site=site)
     leaf_tangents = site.split(tangents)[1]
-    if all(type(t) is ad.Zero for t in leaf_tangents):
+    planted_pathwise = site.has_value and site.resolved_estimator(out.dtype) == PATHWISE
+    if all(type(t) is ad.Zero for t in leaf_tangents) or planted_pathwise:
         return out, ad.Zero(jax.typeof(out).to_tangent_aval())
     if site.resolved_estimator(out.dtype) != PATHWISE:
         raise SiteError(
@@ -454,6 +475,17 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 "keep static configuration out of the pytree's children.",
             )
         ) from None
+    try:
+        jax.eval_shape(lambda: dist.log_prob(dist.sample(key)))
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            site_message(
+                label,
+                f"the distribution cannot draw or score a value: {err}",
+                "give parameters that broadcast together (e.g. loc and scale of shapes (3,) "
+                "and (3,) or ()), of float dtype.",
+            )
+        ) from None
     estimator_leaves, estimator_treedef = [], None
     if isinstance(estimator, estimators.Branching) and estimator.skeleton() is not estimator:
         estimator_leaves, estimator_treedef = jax.tree_util.tree_flatten(estimator)
@@ -473,7 +505,52 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
     operands = [key, *leaves]
     if baseline is not None:
         operands.append(_check_baseline(site, dist, key, baseline))
+    planted = PLANTED.get()
+    if planted is not None and name is not None and name in planted:
+        operands.append(_check_planted(site, estimator, key, leaves, planted[name]))
+        planted.used.add(name)
+        site = dataclasses.replace(site, has_value=True)
     return sample_p.bind(*operands, *estimator_leaves, site=site)
+
+
+class Planted(dict):
+    """Site name -> value to plant (see ``scg.condition``), recording the names used."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.used: set = set()
+
+
+# Values planted at named sites by ``scg.condition`` while the conditioned function runs.
+PLANTED = contextvars.ContextVar("jax_scg_planted", default=None)
+
+
+def _check_planted(site: SiteInfo, estimator, key, leaves, value):
+    if estimator not in ESTIMATORS:
+        raise SiteError(
+            site_message(
+                site.label,
+                f"scg.condition planted a value at a site with estimator {estimator!r}, which "
+                "evaluates several values of its own.",
+                'plant values only at "score_function"/"pathwise"/"auto" sites.',
+            )
+        )
+    expected = jax.eval_shape(lambda: draw(site, key, leaves))
+    try:
+        value = jnp.asarray(value)
+    except TypeError:
+        value = None
+    if value is None or value.shape != expected.shape:
+        got = "a non-array" if value is None else f"shape {value.shape}"
+        raise ValueError(
+            site_message(
+                site.label,
+                f"scg.condition planted {got}, but the site draws shape {expected.shape}.",
+                "plant a value shaped like one draw of this site (sites under jax.vmap inside "
+                "the function draw the whole batch).",
+            )
+        )
+    return value.astype(expected.dtype)
 
 
 def _check_baseline(site: SiteInfo, dist, key, baseline):

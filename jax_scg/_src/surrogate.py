@@ -96,6 +96,8 @@ def surrogate(
                 "computed from the critic's parameters to the sites it should serve, or drop "
                 "critic_argnums."
             )
+        if baselines:
+            _check_baseline_names(fn, scope, baselines)
         flat_args = jax.tree_util.tree_leaves((args, kwargs))
         validate_token = interpreter.VALIDATE.set(validate)
         baselines_token = interpreter.INJECTED_BASELINES.set(dict(baselines or {}))
@@ -112,6 +114,19 @@ def surrogate(
         return objective, jax.tree_util.tree_unflatten(aux_tree, outputs[1:])
 
     return surrogate_fn
+
+
+def _check_baseline_names(fn, scope, baselines):
+    names = {eqn.params["site"].name for eqn in scope.sites()}
+    unknown = sorted(set(baselines) - names)
+    if unknown:
+        known = sorted(n for n in names if n is not None)
+        raise ValueError(
+            f"jax_scg: baselines were given for {unknown}, but {_function_name(fn)} has no "
+            f"sample call with {'that name' if len(unknown) == 1 else 'those names'} (named "
+            f"sites: {known}).\n  What to do: pass name=... to the sample calls, or fix the "
+            "names."
+        )
 
 
 def grad(
@@ -284,6 +299,12 @@ def downstream_costs(fn, *, has_aux: bool = False):
             finally:
                 interpreter.LOG_PROB_OFFSETS.reset(token)
 
+        if not shapes:
+            raise ValueError(
+                f"jax_scg: {_function_name(fn)} has no named score-function site at its top "
+                "level, so there are no downstream costs to report.\n  What to do: pass "
+                "name=... to the sample calls whose downstream costs you want."
+            )
         dtype = jnp.result_type(float)
         zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
         return jax.lax.stop_gradient(jax.grad(objective)(zeros))

@@ -1,0 +1,32 @@
+"""Fuzzing: 100 random stochastic computation graphs (fixed seeds) against exact answers.
+
+See ``tests/fuzz.py`` for the generator and the checks; ``python tests/fuzz.py --programs
+1000`` runs a longer sample and prints how many programs passed.
+"""
+
+import pytest
+from fuzz import check, generate, z_threshold
+
+PROGRAMS = 100
+Z = z_threshold(PROGRAMS * 50)  # Bonferroni over programs and coordinates
+
+
+@pytest.mark.parametrize("seed", range(PROGRAMS))
+def test_random_program_matches_exact_answers(seed):
+    program = generate(seed)
+    problems = check(program, n=20_000, z=Z, hessian=seed % 3 == 0)
+    assert not problems, f"{program}\n" + "\n".join(problems)
+
+
+def test_generator_covers_every_fragment():
+    programs = [generate(seed) for seed in range(PROGRAMS)]
+    kinds = {s.kind for p in programs for s in p.sites}
+    assert kinds == {"bern", "cat", "vec", "normal"}
+    assert {s.estimator for p in programs for s in p.sites if s.kind == "normal"} == {
+        "score_function",
+        "auto",
+    }
+    wraps = {c.wrap for p in programs for c in p.costs}
+    assert wraps == {"", "jit", "cond"}
+    assert sum(p.scan_parent >= 0 for p in programs) >= 10
+    assert sum(not p.has_pathwise and p.scan_parent < 0 for p in programs) >= 30  # exact checks
