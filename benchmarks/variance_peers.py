@@ -299,15 +299,14 @@ def sbn_params():
 
 
 def _affine(z, w, b, matmul):
-    """z @ w.T + b. Written as a broadcast product summed over the input axis, per-element
-    credit follows the image axis (as a plate would); jax_scg does not track alignment
-    through ``dot_general``, so the matmul form credits each site as a whole."""
+    """z @ w.T + b, or the same as a broadcast product summed over the input axis; in both
+    forms jax_scg's per-element credit follows the image axis (as a plate would)."""
     if matmul:
         return z @ w.T + b
     return jnp.sum(z[:, None, :] * w, axis=-1) + b
 
 
-def scg_elbo_b(flat, key, x, unravel, matmul=False, baselines=None, estimator="auto"):
+def scg_elbo_b(flat, key, x, unravel, matmul=True, baselines=None, estimator="auto"):
     p = unravel(flat)
     baselines = baselines or {}
     k1, k2 = jax.random.split(key)
@@ -404,15 +403,15 @@ def model_b(images, size, warmup):
     baselines = warmup_baselines(loss, flat, warmup, seed=99, chunk=size.chunk)
     one_image = lambda f, k, x1: scg_elbo_b(f, k, x1, unravel, matmul=True)
     variants = [
-        ("jax_scg, detach_log_prob=True (per-image credit)", scg.grad(loss)),
+        ("jax_scg, detach_log_prob=True (per-image credit, z @ W.T)", scg.grad(loss)),
         (
             "jax_scg, same + constant baseline (warm-up mean downstream cost)",
             scg.grad(functools.partial(loss, baselines=baselines)),
         ),
         ("jax_scg, vmap(scg.grad) over images, summed", per_image_grad(one_image, x)),
         (
-            "jax_scg, written with z @ W.T (whole-site credit)",
-            scg.grad(functools.partial(loss, matmul=True)),
+            "jax_scg, written as a broadcast product (same credit as z @ W.T)",
+            scg.grad(functools.partial(loss, matmul=False)),
         ),
         # More jax_scg estimators go here, one line each. Branching estimators ("disarm",
         # "enumerate") need per-element costs and refuse these sites (z1 and z2 each reach
@@ -433,10 +432,10 @@ def model_b(images, size, warmup):
     notes = [
         f"Model B: {images} images of sklearn's load_digits (the first ones, pixel > 7); "
         f"{flat.size} parameters ({int(guide_mask.sum())} guide, {int((~guide_mask).sum())} "
-        "model), initial values Normal(0, 0.1²) from a fixed key. The jax_scg loss writes "
-        "W z as a broadcast product summed over the input axis, so per-element credit follows "
-        "the image axis like NumPyro's plate; written with z @ W.T, jax_scg (which does not "
-        "track alignment through dot_general) credits each site as a whole, across images. "
+        "model), initial values Normal(0, 0.1²) from a fixed key. The jax_scg loss is "
+        "written with z @ W.T; per-element credit follows the image axis through the matrix "
+        "products (like NumPyro's plate), as it does when W z is written as a broadcast "
+        "product summed over the input axis. "
         f"The baseline is the mean downstream cost of each element of z1 and z2 over {warmup} "
         "warm-up keys not used by the measured rows (scg.downstream_costs): a fixed constant "
         "per element, not learned, not input-dependent. NumPyro's downstream cost of a site holds "

@@ -105,6 +105,8 @@ def transfer(name: str, params: dict, in_shapes, out_shape, in_influence) -> fro
             for s, shape in zip(in_influence, in_shapes)
         ]
         return union(kept)
+    if name == "dot_general":
+        return _dot_general(params, in_shapes, in_influence)
     axis_map = None
     if name == "broadcast_in_dim":
         dims = params["broadcast_dimensions"]
@@ -125,12 +127,42 @@ def transfer(name: str, params: dict, in_shapes, out_shape, in_influence) -> fro
     return union([_remap(first, axis_map), *others])
 
 
+def _dot_general(params, in_shapes, in_influence) -> frozenset:
+    """A matrix product keeps the alignment of batch and free axes; contracted axes mix.
+
+    The output's axes are the batch axes, then the left operand's free axes, then the right
+    operand's: so ``z @ W.T`` with ``z`` of shape (points, units) keeps per-point credit.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params["dimension_numbers"]
+    lhs_free = [a for a in range(len(in_shapes[0])) if a not in lhs_contract + lhs_batch]
+    rhs_free = [a for a in range(len(in_shapes[1])) if a not in rhs_contract + rhs_batch]
+
+    def axis_map(batch, contract, free, offset):
+        def where(a):
+            if a in batch:
+                return list(batch).index(a)
+            if a in contract:
+                return None
+            return len(batch) + offset + free.index(a)
+
+        return where
+
+    lhs_map = axis_map(lhs_batch, lhs_contract, lhs_free, 0)
+    rhs_map = axis_map(rhs_batch, rhs_contract, rhs_free, len(lhs_free))
+    return union([_remap(in_influence[0], lhs_map), _remap(in_influence[1], rhs_map)])
+
+
 def log_prob_for_cost(log_probs, axes: tuple, cost_shape):
-    """A site's elementwise log-probabilities laid out on a cost of shape ``cost_shape``."""
+    """A site's elementwise log-probabilities laid out on a cost of shape ``cost_shape``.
+
+    Axes of the cost that no site axis aligns with get size 1 (the result broadcasts
+    against the cost), so a box computed from it costs one ``exp`` per distinct value.
+    """
     mixed = tuple(k for k, a in enumerate(axes) if a is None)
     if mixed:
         log_probs = jnp.sum(log_probs, axis=mixed)
     targets = [a for a in axes if a is not None]
     order = sorted(range(len(targets)), key=targets.__getitem__)
     log_probs = jnp.transpose(log_probs, order)
-    return lax.broadcast_in_dim(log_probs, tuple(cost_shape), tuple(sorted(targets)))
+    layout = tuple(d if i in targets else 1 for i, d in enumerate(cost_shape))
+    return lax.broadcast_in_dim(log_probs, layout, tuple(sorted(targets)))
