@@ -1,13 +1,13 @@
 """Variance of jax_scg's estimators, in one run: ``python benchmarks/variance.py [--quick]``.
 
 Models: the REBAR toy E[(b - t)²] with b ~ Bernoulli(σ(θ)) for t = 0.45 and 0.499, and a
-16-step policy rollout in ``lax.scan`` (with a hand-set and a learned value baseline).
-The sigmoid belief net on digits and the comparison with NumPyro are in
-``variance_peers.py``. For each estimator (and baseline): the Monte Carlo mean
-against the exact gradient (bias in standard errors: the relaxations are biased by design),
-the variance of one estimate (mean over coordinates), its ratio to the plain score-function
-estimator, and the time per estimate (jit + vmap, median of repeats). Writes
-``benchmarks/results/variance_<platform>.md``.
+16-step policy rollout in ``lax.scan`` (with a hand-set and a learned value baseline). For
+each estimator (and baseline): the Monte Carlo mean against the exact gradient (bias in
+standard errors: the relaxations are biased by design), the variance of one estimate (mean
+over coordinates), its ratio to the plain score-function estimator, and the time per
+estimate (jit + vmap, median of repeats). The sigmoid belief net on binarised scikit-learn
+digits and the comparison with NumPyro's TraceGraph_ELBO (``variance_peers.py``) follow in
+the same run and the same file. Writes ``benchmarks/results/variance_<platform>.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import variance_peers
 from harness import markdown_table
 from jax import lax
 
@@ -229,6 +230,9 @@ def main(argv=None):
         "",
         markdown_table(header, rows),
     ]
+    # The sigmoid belief net on digits and the ELBO model, against NumPyro, in the same run.
+    lines += ["", "## Sigmoid belief net on digits, and NumPyro", ""]
+    lines += variance_peers.report(args.quick).splitlines()[2:]
     text = "\n".join(lines)
     print(text)
     out = args.out or os.path.join(

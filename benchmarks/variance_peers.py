@@ -465,16 +465,13 @@ def require(modules):
         sys.exit(2)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+def report(quick: bool) -> str:
+    """The markdown report of both models (also appended by ``variance.py``)."""
     require(["numpyro", "sklearn"])
     import numpyro
     import sklearn
 
-    sizes = QUICK if args.quick else FULL
+    sizes = QUICK if quick else FULL
     a, b = sizes["A"], sizes["B"]
     rows_a, notes_a = model_a(a)
     rows_b, notes_b = model_b(sizes["images"], b, sizes["warmup"])
@@ -504,8 +501,17 @@ def main(argv=None):
         "",
         markdown_table(header, rows_a + rows_b),
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    text = report(args.quick)
     print(text)
+    device = jax.devices()[0]
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)),
         "results",
