@@ -9,6 +9,8 @@ from jax_scg import distributions as distributions
 from jax_scg import estimators as estimators
 from jax_scg._src.condition import condition as condition
 from jax_scg._src.errors import SiteError as SiteError
+from jax_scg._src.graph import Graph as Graph
+from jax_scg._src.graph import graph as graph
 from jax_scg._src.interpreter import magic_box as magic_box
 from jax_scg._src.primitive import sample as sample
 from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
@@ -26,7 +28,9 @@ __all__ = [
     "distributions",
     "downstream_costs",
     "estimators",
+    "Graph",
     "grad",
+    "graph",
     "magic_box",
     "sample",
     "sample_and_log_prob",

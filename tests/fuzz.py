@@ -451,6 +451,8 @@ def main(argv=None):
         if problems:
             failed += 1
             print(f"program {args.seed + i} FAILED: {program}\n  " + "\n  ".join(problems))
+        if (i + 1) % 50 == 0:
+            print(f"{i + 1 - failed} of {i + 1} programs passed so far", flush=True)
     print(f"{args.programs - failed} of {args.programs} programs passed")
     return 1 if failed else 0
 

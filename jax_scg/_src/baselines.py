@@ -67,14 +67,26 @@ def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
 
 
 class MovingAverageState(NamedTuple):
-    """The bias-corrected average of each named site's downstream cost, and the count."""
+    """The bias-corrected average of each named site's downstream cost, and the count.
+
+    Examples:
+      >>> import jax.numpy as jnp, jax_scg as scg
+      >>> scg.baselines.moving_average(0.9).init({"x": jnp.zeros(3)}).count.tolist()
+      0
+    """
 
     mean: dict
     count: jax.Array
 
 
 class MovingAverage(NamedTuple):
-    """``init(costs_like) -> state``, ``update(state, costs) -> state``, ``value(state)``."""
+    """``init(costs_like) -> state``, ``update(state, costs) -> state``, ``value(state)``.
+
+    Examples:
+      >>> import jax_scg as scg
+      >>> isinstance(scg.baselines.moving_average(), scg.baselines.MovingAverage)
+      True
+    """
 
     init: Callable
     update: Callable

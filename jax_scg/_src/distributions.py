@@ -102,6 +102,12 @@ class Distribution:
     Subclasses are registered with ``jax.tree_util`` automatically. Unflattening
     bypasses ``__init__`` and only sets attributes, so leaves may be arbitrary
     placeholders or tracers.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> d = Normal(jnp.zeros(2), 1.0)
+      >>> isinstance(d, Distribution), len(jax.tree_util.tree_leaves(d))
+      (True, 2)
     """
 
     is_reparameterized: ClassVar[bool] = False

@@ -8,6 +8,15 @@ class SiteError(ValueError):
 
     The message names the site (its ``name=``, or its distribution and source line) and says
     what to do instead.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> try:
+      ...     scg.sample(jax.random.key(0), D.Bernoulli(logits=0.0), estimator="pathwise", name="x")
+      ... except scg.SiteError as err:
+      ...     print(str(err).splitlines()[0][:39])
+      jax_scg: site 'x': estimator="pathwise"
     """
 
 

@@ -57,7 +57,13 @@ EMPTY: frozenset = frozenset()
 
 
 def magic_box(tau):
-    """The DiCE operator: ``exp(tau - stop_gradient(tau))``; its value is 1 and d/dθ ⊡ = ⊡ dτ/dθ."""
+    """The DiCE operator: ``exp(tau - stop_gradient(tau))``; its value is 1 and d/dθ ⊡ = ⊡ dτ/dθ.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> float(scg.magic_box(0.7)), float(jax.grad(lambda t: scg.magic_box(3.0 * t))(0.7))
+      (1.0, 3.0)
+    """
     return jnp.exp(tau - lax.stop_gradient(tau))
 
 
@@ -112,10 +118,11 @@ class Analysis:
     def of(self, ref) -> frozenset:
         return EMPTY if isinstance(ref, Const) else self.influence[ref]
 
-    def mark_costs(self, root_positions, provided=frozenset()):
+    def mark_costs(self, root_positions, provided=frozenset(), collapse=True):
         """Marks the cost tree below the outputs at ``root_positions``.
 
         ``provided`` are input variables whose surrogate the caller supplies (loop carries).
+        ``collapse=False`` keeps every summand a cost node (for ``scg.graph``).
         """
         self.provided = frozenset(provided)
         self.passthrough = {}
@@ -133,7 +140,8 @@ class Analysis:
             tree.update(
                 r for i, r in enumerate(eqn.inputs) if i in linear_inputs and type(r) is int
             )
-        self._collapse_uniform_subtrees()
+        if collapse:
+            self._collapse_uniform_subtrees()
 
     def _collapse_uniform_subtrees(self):
         """Makes a cost node of every tree variable whose cost nodes all share its atoms.
@@ -426,12 +434,13 @@ class SampleRule(Rule):
     def emit(self, ev, eqn):
         site = eqn.params["site"]
         key, leaves, baseline = site.split([ev.read(r) for r in eqn.inputs])
+        leaves = [jnp.asarray(leaf) for leaf in leaves]  # literals of the jaxpr are scalars
         branches = BRANCHES.get()
         if branches is not None:
             for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
                 key = primitive.fold_branch(site, key, branches.index[uid])
-        operands = [ev.read(r) for r in eqn.inputs]
-        value = primitive.draw_or_planted(site, [key, *operands[1:]])
+        operands = [jnp.asarray(ev.read(r)) for r in eqn.inputs[1:]]
+        value = primitive.draw_or_planted(site, [key, *operands])
         if VALIDATE.get():
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jax_scg._src import estimators
+from jax_scg._src import adapters, estimators
 from jax_scg._src.errors import SiteError, site_message
 
 ESTIMATORS = ("auto", "score_function", "pathwise")
@@ -48,6 +48,7 @@ class SiteInfo:
         η and temperature), whose leaves are the last operands; None for static estimators.
       has_value: whether the site's value was planted by ``scg.condition`` (an operand after
         the baseline) instead of drawn.
+      distribution: the distribution's class name (for ``scg.graph``).
     """
 
     treedef: Any
@@ -59,6 +60,7 @@ class SiteInfo:
     batch_axes: tuple = ()
     estimator_treedef: Any = None
     has_value: bool = False
+    distribution: str = ""
 
     def planted(self, operands):
         """The value planted by ``scg.condition`` (the operand after the baseline), or None."""
@@ -313,7 +315,7 @@ ad.primitive_transposes[reverse_guard_p] = _reverse_guard_transpose
 # --------------------------------------------------------------------------------------------
 # The public ``sample`` function.
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # jax_scg/_src
 _JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__))
 
 
@@ -404,6 +406,7 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
     label = repr(name) if name is not None else f"{type(dist).__name__} at {_caller_location()}"
     if name is not None and not isinstance(name, str):
         raise TypeError(site_message(repr(name), "name= must be a string.", "pass a str name."))
+    dist = adapters.adapt(dist)
     if not _is_distribution(dist):
         raise TypeError(
             site_message(
@@ -499,6 +502,7 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
         label,
         baseline is not None,
         estimator_treedef=estimator_treedef,
+        distribution=getattr(dist, "name", type(dist).__name__),
     )
     if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
         _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
