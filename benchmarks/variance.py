@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import json
 import os
+import subprocess
 import time
 
 import jax
@@ -152,6 +154,58 @@ def rows_for(name, variants, exact, theta, n, seed):
     return rows
 
 
+PEERS_PYTHON = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), ".venv-peers", "bin", "python"
+)
+
+
+def storchastic_section(quick: bool) -> list:
+    """Storchastic's rows, run in its own environment (``bash benchmarks/setup_peers.sh``)."""
+    if not os.path.exists(PEERS_PYTHON):
+        return [
+            "Not run: no peers environment. `bash benchmarks/setup_peers.sh` creates "
+            "`benchmarks/.venv-peers` (torch 2.13.0 CPU, storchastic 0.3.7); then rerun."
+        ]
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "storchastic_rows.py")
+    proc = subprocess.run(
+        [PEERS_PYTHON, script, *(["--quick"] if quick else [])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return [f"Storchastic run failed: {proc.stderr[-2000:]}"]
+    result = json.loads(proc.stdout)
+    header = ["model", "estimator", "mean", "exact", "max |bias|/SE", "variance", "n", "note"]
+    rows = [
+        [
+            r["model"],
+            r["estimator"] + (" (patched)" if r.get("patch") else ""),
+            " ".join(f"{m:+.4f}" for m in r["mean"]),
+            " ".join(f"{e:+.4f}" for e in r.get("exact", [])),
+            f"{r.get('max_abs_bias_over_se', float('nan')):.1f}",
+            f"{r['variance']:.3g}",
+            str(r.get("n", "")),
+            (r.get("patch") or r.get("note") or "")[:160],
+        ]
+        for r in result["rows"]
+    ]
+    notes = [
+        f"- storchastic {result['storchastic']}, torch {result['torch']}; per-sample "
+        "estimates from an independent plate of copies of θ (see storchastic_rows.py). "
+        "Timings are left out: they varied 10× between identical runs.",
+        *(
+            f"- failed as shipped: {f['model']} / {f['estimator']}: {f['error'][:120]}"
+            for f in result.get("failures", [])
+        ),
+        *(
+            f"- skipped: {k['model']}: {', '.join(k['estimators'])}: {k['reason'][:200]}"
+            for k in result.get("skipped", [])
+        ),
+    ]
+    return [*notes, "", markdown_table(header, rows)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -233,6 +287,8 @@ def main(argv=None):
     # The sigmoid belief net on digits and the ELBO model, against NumPyro, in the same run.
     lines += ["", "## Sigmoid belief net on digits, and NumPyro", ""]
     lines += variance_peers.report(args.quick).splitlines()[2:]
+    lines += ["", "## Storchastic (PyTorch), the same REBAR toy and policy rollout", ""]
+    lines += storchastic_section(args.quick)
     text = "\n".join(lines)
     print(text)
     out = args.out or os.path.join(
