@@ -319,3 +319,15 @@ def test_rebar_parameters_batched_inside_the_loss_are_refused():
 
     with pytest.raises(scg.SiteError, match="estimator's parameters"):
         scg.grad(fn)(0.0, jax.random.key(0))
+
+
+def test_a_user_branching_estimator_that_refuses_a_distribution():
+    class OnlyNormal(scg.estimators.Branching):
+        kind = "only_normal"
+        guarantee = "any order"
+
+        def supports(self, dist):
+            return isinstance(dist, D.Normal)
+
+    with pytest.raises(scg.SiteError, match=r"(?s)'only_normal'.*supports\(\) refused it"):
+        scg.sample(jax.random.key(0), D.Bernoulli(logits=0.0), estimator=OnlyNormal())

@@ -434,7 +434,7 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                 site_message(
                     label,
                     f"estimator {estimator.kind!r} does not apply to {type(dist).__name__}: "
-                    f"{_BRANCHING_NEEDS[estimator.kind]}.",
+                    f"{_BRANCHING_NEEDS.get(estimator.kind, 'its supports() refused it')}.",
                     'use another estimator (e.g. "score_function").',
                 )
             )
