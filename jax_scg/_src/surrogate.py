@@ -155,7 +155,8 @@ def grad(
         gradient, with respect to ``critic_argnums``, of the critic's squared error
         ``½ Σ_sites Σ_elements (b − Q̂)²`` against each site's downstream cost ``Q̂`` (held
         fixed): descend it to fit the baselines. Both come from the same draws; an
-        actor-critic update is one call.
+        actor-critic update is one call. With ``has_aux=True`` as well, the result is
+        ``((gradient, critic_gradient), aux)``, as ``jax.grad`` nests its auxiliary data.
 
     Examples:
       >>> import jax, jax_scg as scg
