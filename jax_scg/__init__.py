@@ -8,6 +8,7 @@ from jax_scg import baselines as baselines
 from jax_scg import distributions as distributions
 from jax_scg import estimators as estimators
 from jax_scg._src.condition import condition as condition
+from jax_scg._src.errors import FallbackWarning as FallbackWarning
 from jax_scg._src.errors import SiteError as SiteError
 from jax_scg._src.graph import Graph as Graph
 from jax_scg._src.graph import graph as graph
@@ -22,6 +23,7 @@ from jax_scg._src.surrogate import value_and_grad as value_and_grad
 __version__ = "0.1.0"
 
 __all__ = [
+    "FallbackWarning",
     "SiteError",
     "baselines",
     "condition",

@@ -32,3 +32,10 @@ def test_variance_table_quick_runs(tmp_path):
     assert "| REBAR toy t=0.45 | score function |" in text
     assert "NumPyro TraceGraph_ELBO, plate over points" in text
     assert "B: sigmoid belief net" in text
+
+
+def test_loops_quick_runs(tmp_path):
+    text = run_quick("loops.py", str(tmp_path / "loops.md"))
+    assert "| model | derivative | scg / fissioned [IQR] | scg / naive [IQR] |" in text
+    assert "| program | coordinate | mean ± SE batched | mean ± SE per-episode |" in text
+    assert "| hand-written credit | max rel. diff |" in text

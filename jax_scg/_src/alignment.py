@@ -63,6 +63,28 @@ def union(sets) -> frozenset:
     return normalize(out)
 
 
+def relabel(entries, atom_map, axis_shift: int = 0) -> frozenset:
+    """The entries with every atom replaced by ``atom_map(atom)``, alignment kept.
+
+    Aligned axes move by ``axis_shift``: +1 when a loop stacks a value along a new leading
+    axis, -1 when a loop body sees one slice of a stacked operand (an axis that was the
+    stacked axis becomes mixed).
+    """
+    out = set()
+    for e in entries:
+        if e[0] == ELEM:
+            axes = tuple(None if a is None or a + axis_shift < 0 else a + axis_shift for a in e[2])
+            out.add((ELEM, atom_map(e[1]), axes))
+        else:
+            out.add(atom_map(e))
+    return normalize(out)
+
+
+def keep_axes_below(entries, ndim: int) -> frozenset:
+    """The entries with alignment to axes ``ndim`` and above forgotten (those axes mix)."""
+    return normalize(_remap(entries, lambda a: a if a < ndim else None))
+
+
 def site_value(atom, log_prob_ndim: int) -> frozenset:
     """The influence of a site's own value on itself: aligned on its batch axes."""
     if log_prob_ndim == 0:
@@ -81,13 +103,25 @@ def _remap(entries, axis_map) -> set:
 
 
 def _reshape_map(in_shape, out_shape):
-    """Axis map of a reshape that only inserts or removes axes of size 1, else None."""
-    in_axes = [i for i, d in enumerate(in_shape) if d != 1]
-    out_axes = [i for i, d in enumerate(out_shape) if d != 1]
-    if [in_shape[i] for i in in_axes] != [out_shape[i] for i in out_axes]:
-        return None
-    table = dict(zip(in_axes, out_axes))
-    return lambda a: table.get(a)
+    """Axis map of a reshape: axes kept as they are (size-1 axes aside) map, others mix."""
+    table, i, j = {}, 0, 0
+    while i < len(in_shape) and j < len(out_shape):
+        if in_shape[i] == 1:
+            i += 1
+        elif out_shape[j] == 1:
+            j += 1
+        elif in_shape[i] == out_shape[j]:
+            table[i] = j
+            i, j = i + 1, j + 1
+        else:  # a group of axes merged or split: skip to the end of the group
+            a, b = in_shape[i], out_shape[j]
+            i, j = i + 1, j + 1
+            while a != b:
+                if a < b:
+                    a, i = a * in_shape[i], i + 1
+                else:
+                    b, j = b * out_shape[j], j + 1
+    return table.get
 
 
 def _broadcasts_in_place(shape, out_shape) -> bool:
@@ -95,36 +129,166 @@ def _broadcasts_in_place(shape, out_shape) -> bool:
     return len(shape) == len(out_shape) and all(d in (1, o) for d, o in zip(shape, out_shape))
 
 
+def _kept_unless(moved):
+    """Axis map keeping every axis except those in ``moved`` (which mix)."""
+    return lambda a: None if a in moved else a
+
+
+def _same_layout_rule(moved_axes):
+    """A rule for operations whose output has the inputs' layout except on some axes.
+
+    ``moved_axes(params, in_shapes, out_shape)`` gives, per input, the axes along which
+    output element ``i`` is not input element ``i``.
+    """
+
+    def rule(params, in_shapes, out_shape, in_influence):
+        moved = moved_axes(params, in_shapes, out_shape)
+        return union([_remap(s, _kept_unless(m)) for s, m in zip(in_influence, moved)])
+
+    return rule
+
+
+def _slice_moves(params, in_shapes, out_shape):
+    """A prefix slice keeps element ``i`` at ``i``; an offset or a stride moves it."""
+    shape, starts = in_shapes[0], params["start_indices"]
+    strides = params["strides"] or (1,) * len(shape)
+    return [{a for a in range(len(shape)) if starts[a] != 0 or strides[a] != 1}]
+
+
+def _pad_moves(params, in_shapes, out_shape):
+    config = params["padding_config"]
+    return [{a for a, (low, _, interior) in enumerate(config) if low or interior}, set()]
+
+
+def _concatenate_moves(params, in_shapes, out_shape):
+    return [set() if k == 0 else {params["dimension"]} for k in range(len(in_shapes))]
+
+
+def _dynamic_slice_moves(params, in_shapes, out_shape):
+    partial = {a for a, (d, o) in enumerate(zip(in_shapes[0], out_shape)) if d != o}
+    return [partial] + [set()] * (len(in_shapes) - 1)
+
+
+def _dynamic_update_slice_moves(params, in_shapes, out_shape):
+    partial = {a for a, (d, u) in enumerate(zip(in_shapes[0], in_shapes[1])) if d != u}
+    return [set(), partial] + [set()] * (len(in_shapes) - 2)
+
+
+def _along_axis_moves(params, in_shapes, out_shape):
+    return [{params["axis"]}] * len(in_shapes)
+
+
+def _rev_moves(params, in_shapes, out_shape):
+    return [set(params["dimensions"])]
+
+
+def _gather(params, in_shapes, out_shape, in_influence) -> frozenset:
+    """``x[i]``-style indexing: the output's batch axes follow the indices' axes, full slices
+    of the operand keep their axis, and what is picked by index mixes."""
+    dn = params["dimension_numbers"]
+    operand_shape, indices_shape = in_shapes[0], in_shapes[1]
+    offset_dims = tuple(dn.offset_dims)
+    batch_out = [a for a in range(len(out_shape)) if a not in offset_dims]
+    indices_map = {k: batch_out[k] for k in range(len(indices_shape) - 1)}
+    operand_batching = tuple(getattr(dn, "operand_batching_dims", ()))
+    indices_batching = tuple(getattr(dn, "start_indices_batching_dims", ()))
+    operand_map = {a: indices_map.get(b) for a, b in zip(operand_batching, indices_batching)}
+    windowed = [
+        a
+        for a in range(len(operand_shape))
+        if a not in dn.collapsed_slice_dims and a not in operand_batching
+    ]
+    for j, a in enumerate(windowed):
+        full = params["slice_sizes"][a] == operand_shape[a]
+        operand_map[a] = offset_dims[j] if full else None
+    return union(
+        [
+            _remap(in_influence[0], operand_map.get),
+            _remap(in_influence[1], indices_map.get),
+            *[whole(s) for s in in_influence[2:]],
+        ]
+    )
+
+
+def _elementwise(params, in_shapes, out_shape, in_influence) -> frozenset:
+    kept = [
+        s if _broadcasts_in_place(shape, out_shape) else whole(s)
+        for s, shape in zip(in_influence, in_shapes)
+    ]
+    return union(kept)
+
+
+def _first_operand_rule(axis_map_of):
+    """A rule remapping the first operand's axes; the other operands' influence mixes."""
+
+    def rule(params, in_shapes, out_shape, in_influence):
+        axis_map = axis_map_of(params, in_shapes, out_shape)
+        return union([_remap(in_influence[0], axis_map), *[whole(s) for s in in_influence[1:]]])
+
+    return rule
+
+
+def _removed_axes_map(param_name):
+    def axis_map_of(params, in_shapes, out_shape):
+        removed = sorted(params[param_name])
+        return lambda a: None if a in removed else a - sum(r < a for r in removed)
+
+    return axis_map_of
+
+
+_CUMULATIVE = ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")
+_RULES = {
+    **{name: _elementwise for name in _ELEMENTWISE},
+    **{name: _first_operand_rule(_removed_axes_map("axes")) for name in _REDUCTIONS},
+    **{name: _same_layout_rule(_along_axis_moves) for name in _CUMULATIVE},
+    "squeeze": _first_operand_rule(_removed_axes_map("dimensions")),
+    "broadcast_in_dim": _first_operand_rule(
+        lambda params, in_shapes, out_shape: params["broadcast_dimensions"].__getitem__
+    ),
+    "transpose": _first_operand_rule(
+        lambda params, in_shapes, out_shape: tuple(params["permutation"]).index
+    ),
+    "reshape": _first_operand_rule(
+        lambda params, in_shapes, out_shape: _reshape_map(in_shapes[0], out_shape)
+    ),
+    "dot_general": lambda params, in_shapes, out_shape, in_influence: _dot_general(
+        params, in_shapes, in_influence
+    ),
+    "gather": _gather,
+    "slice": _same_layout_rule(_slice_moves),
+    "pad": _same_layout_rule(_pad_moves),
+    "concatenate": _same_layout_rule(_concatenate_moves),
+    "dynamic_slice": _same_layout_rule(_dynamic_slice_moves),
+    "dynamic_update_slice": _same_layout_rule(_dynamic_update_slice_moves),
+    "rev": _same_layout_rule(_rev_moves),
+    "sort": _same_layout_rule(lambda params, in_shapes, out_shape: [{params["dimension"]}]),
+}
+# Operations whose loss of alignment is real mixing of elements, not a missing rule.
+MIXING = frozenset({*_REDUCTIONS, *_CUMULATIVE, "dot_general", "sort"})
+
+
 def transfer(name: str, params: dict, in_shapes, out_shape, in_influence) -> frozenset:
     """Influence of a single-output equation's output, keeping alignment where it is exact."""
-    first, rest = in_influence[0] if in_influence else frozenset(), in_influence[1:]
-    others = [whole(s) for s in rest]
-    if name in _ELEMENTWISE:
-        kept = [
-            s if _broadcasts_in_place(shape, out_shape) else whole(s)
-            for s, shape in zip(in_influence, in_shapes)
-        ]
-        return union(kept)
-    if name == "dot_general":
-        return _dot_general(params, in_shapes, in_influence)
-    axis_map = None
-    if name == "broadcast_in_dim":
-        dims = params["broadcast_dimensions"]
-        axis_map = lambda a: dims[a]  # noqa: E731
-    elif name in _REDUCTIONS:
-        removed = sorted(params["axes"])
-        axis_map = lambda a: None if a in removed else a - sum(r < a for r in removed)  # noqa: E731
-    elif name == "squeeze":
-        removed = sorted(params["dimensions"])
-        axis_map = lambda a: None if a in removed else a - sum(r < a for r in removed)  # noqa: E731
-    elif name == "transpose":
-        perm = tuple(params["permutation"])
-        axis_map = perm.index
-    elif name == "reshape":
-        axis_map = _reshape_map(tuple(in_shapes[0]), tuple(out_shape))
-    if axis_map is None:
+    rule = _RULES.get(name)
+    if rule is None:
         return union([whole(s) for s in in_influence])
-    return union([_remap(first, axis_map), *others])
+    return rule(params, [tuple(s) for s in in_shapes], tuple(out_shape), in_influence)
+
+
+def transfer_multi(name: str, params: dict, num_outputs: int, in_influence):
+    """Influence of each output of a multiple-output equation; None where there is no rule."""
+    if name in ("sort", "split"):
+        axis = params["dimension" if name == "sort" else "axis"]
+        return [union([_remap(s, _kept_unless({axis})) for s in in_influence])] * num_outputs
+    if name in ("optimization_barrier", "device_put") and len(in_influence) == num_outputs:
+        return list(in_influence)
+    return None
+
+
+def lost_alignment(in_influence, out) -> list:
+    """The atoms aligned in some input but plain (credited as a whole) in ``out``."""
+    aligned = {e[1] for s in in_influence for e in s if e[0] == ELEM}
+    return sorted((a for a in aligned if a in out), key=repr)
 
 
 def _dot_general(params, in_shapes, in_influence) -> frozenset:

@@ -23,3 +23,25 @@ class SiteError(ValueError):
 def site_message(label: str, problem: str, fix: str) -> str:
     """Formats an error message about one site: which site, what is wrong, what to do."""
     return f"jax_scg: site {label}: {problem}\n  What to do: {fix}"
+
+
+class FallbackWarning(UserWarning):
+    """The rewrite chose something coarser than the program allows, or than you may expect.
+
+    The estimate stays unbiased; the warning says which site, what was chosen instead and
+    why, because the consequence (more variance, or a bias the program itself causes) can
+    be large. Each warning is given once per site and trace. Silence a class of them with
+    ``warnings.filterwarnings("ignore", category=scg.FallbackWarning)``.
+
+    Examples:
+      >>> import warnings, jax, jax.numpy as jnp, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> def f(theta, key):
+      ...     z = scg.sample(key, D.Bernoulli(logits=theta), name="z")
+      ...     return jnp.sum(jnp.fft.fft(z).real)  # fft has no per-element rule
+      >>> with warnings.catch_warnings(record=True) as caught:
+      ...     warnings.simplefilter("always")
+      ...     _ = scg.grad(f)(jnp.zeros(4), jax.random.key(0))
+      >>> print(str(caught[0].message).splitlines()[0])
+      jax_scg: site 'z': per-element credit falls back to the whole site at `fft`.
+    """

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 
 import jax
 import jax.numpy as jnp
 
 from jax_scg._src import interpreter
+from jax_scg._src.errors import FallbackWarning
 from jax_scg._src.jaxpr import Const, scan_counts, scope_from_jaxpr
 
 
@@ -34,6 +36,11 @@ class Node:
       baseline: for sites, the ids of the nodes the baseline depends on (None: no baseline).
       in_loop: for sites and costs inside ``scan``/``while_loop``/``cond``, that primitive's
         name (the node then stands for one per iteration or branch); else None.
+      credit: for vectorised score-function sites that reach a cost, how costs are credited:
+        ``"per element"`` (each cost gets the score of the elements it depends on),
+        ``"whole site"`` (some cost gets every element's score, because it mixes them), or
+        ``"whole site (no rule for OP)"`` where an operation without a per-element rule
+        forced it (a ``FallbackWarning``); else None.
     """
 
     id: str
@@ -44,6 +51,7 @@ class Node:
     distribution: str | None = None
     baseline: tuple | None = None
     in_loop: str | None = None
+    credit: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +180,8 @@ def _node_text(n: Node) -> str:
     if n.kind == "site":
         extra = f", baseline of {list(n.baseline)}" if n.baseline is not None else ""
         loop = f", per {n.in_loop} iteration" if n.in_loop else ""
-        return f"{n.label}: {n.distribution}{list(n.shape)} [{n.estimator}{extra}{loop}]"
+        credit = f", credit {n.credit}" if n.credit else ""
+        return f"{n.label}: {n.distribution}{list(n.shape)} [{n.estimator}{extra}{loop}{credit}]"
     if n.kind == "cost":
         loop = f" (per {n.in_loop} iteration)" if n.in_loop else ""
         return f"cost {n.label}{list(n.shape)}{loop}"
@@ -310,7 +319,9 @@ def graph(fn, argnums=0):
         input_nodes += [frozenset()] * (len(scope.inputs) - len(input_nodes))
         reach = builder.run(scope, input_nodes)
         _add_costs(builder, scope, reach)
-        surrogate_text = str(jax.make_jaxpr(_surrogate(fn))(*args, **kwargs))
+        with warnings.catch_warnings():  # the graph shows each site's credit itself
+            warnings.simplefilter("ignore", FallbackWarning)
+            surrogate_text = str(jax.make_jaxpr(_surrogate(fn))(*args, **kwargs))
         nodes = sorted(builder.nodes.values(), key=_node_order)
         return Graph(tuple(nodes), tuple(sorted(builder.edges)), surrogate_text)
 
@@ -331,6 +342,10 @@ def _add_costs(builder: _Builder, scope, reach):
     """Cost nodes: the leaves of the objective's cost tree (loops: one per loop)."""
     analysis = interpreter.Analysis(scope, [frozenset()] * len(scope.inputs))
     analysis.mark_costs([0], collapse=False)
+    for uid, (credit, fallback) in interpreter.site_credit(analysis).items():
+        node_id = builder._site_ids[uid]
+        text = credit if fallback is None else f"{credit} (no rule for {fallback})"
+        builder.nodes[node_id] = dataclasses.replace(builder.nodes[node_id], credit=text)
     leaves = _reached_leaves(analysis, scope)
     for ref in scope.inputs:
         if ref in leaves:

@@ -35,13 +35,14 @@ import dataclasses
 import functools
 import itertools
 import types
+import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jax_scg._src import alignment, estimators, primitive
-from jax_scg._src.errors import SiteError, site_message
+from jax_scg._src.errors import FallbackWarning, SiteError, site_message
 from jax_scg._src.jaxpr import (
     Const,
     Eqn,
@@ -75,24 +76,56 @@ def _is_local(atom) -> bool:
     return atom[0] not in ("outer", "cum")
 
 
-def _as_outer(atoms: frozenset) -> frozenset:
-    return frozenset(("outer", a) for a in alignment.whole(atoms))
+def _enter(entries: frozenset, stacked: bool = False) -> frozenset:
+    """A parent's influence as seen inside a body: each atom becomes ``("outer", atom)``.
+
+    Alignment is kept; a scanned operand (``stacked``) loses its leading axis in the body.
+    """
+    return alignment.relabel(entries, lambda a: ("outer", a), -1 if stacked else 0)
 
 
-def _to_parent(atoms: frozenset, uid: int, tag=None) -> frozenset:
-    """Maps body atoms to the enclosing scope: outer ones back, the rest to totals of ``uid``."""
-    out = set()
-    for a in alignment.whole(atoms):
+def _to_parent(entries: frozenset, uid: int, tag=None, stacked: bool = False) -> frozenset:
+    """Maps body entries to the enclosing scope: outer ones back, the rest to totals of ``uid``.
+
+    Alignment is kept (a loop's total of a site is summed over iterations, elementwise); a
+    stacked loop output gains a leading axis.
+    """
+
+    def to_parent(a):
         if a[0] == "outer":
-            out.add(a[1])
-        else:
-            inner = a[1] if a[0] == "cum" else a
-            out.add(("sub", uid, inner if tag is None else (tag, inner)))
+            return a[1]
+        inner = a[1] if a[0] == "cum" else a
+        return ("sub", uid, inner if tag is None else (tag, inner))
+
+    return alignment.relabel(entries, to_parent, 1 if stacked else 0)
+
+
+def site_uid(atom):
+    """The uid of the site behind an atom, however deeply it is wrapped by loops and branches."""
+    while atom[0] != "site":
+        if atom[0] in ("outer", "cum"):
+            atom = atom[1]
+        else:  # ("sub", uid, inner) or ("sub", uid, (branch, inner))
+            inner = atom[2]
+            atom = inner[1] if isinstance(inner[0], int) else inner
+    return atom[1]
+
+
+def _inner_fallbacks(info) -> frozenset:
+    """Fallbacks found inside a sub-program's bodies (they reach its outputs)."""
+    if info is None:
+        return EMPTY
+    analyses = [info.body] if isinstance(info, _ScanInfo) else getattr(info, "analyses", [])
+    out = set()
+    for body_an in analyses:
+        for ref in body_an.scope.outputs:
+            out |= body_an.fallbacks_of(ref)
     return frozenset(out)
 
 
-def _next_iteration(atoms: frozenset) -> frozenset:
-    return frozenset(("cum", a) if _is_local(a) else a for a in alignment.whole(atoms))
+def _next_iteration(entries: frozenset) -> frozenset:
+    """A body output's influence as the next iteration's input sees it (through the carry)."""
+    return alignment.relabel(entries, lambda a: ("cum", a) if _is_local(a) else a)
 
 
 _union = alignment.union
@@ -101,22 +134,57 @@ _union = alignment.union
 class Analysis:
     """Influence, cost structure and demand for one scope, given its inputs' influence."""
 
-    def __init__(self, scope: Scope, input_influence, depth: int = 0):
+    def __init__(self, scope: Scope, input_influence, depth: int = 0, input_fallbacks=None):
         self.scope = scope
         self.depth = depth  # 0 for the program, +1 inside each loop, branch or checkpoint
         self.influence: dict = dict(zip(scope.inputs, input_influence))
+        # variable -> {(site uid, operation)}: where a site's per-element credit was lost on
+        # the way to the variable because an operation has no alignment rule (a warning).
+        self.fallbacks: dict = dict(zip(scope.inputs, input_fallbacks or ()))
         self.local_atoms: list = []
+        self.lp_shapes: dict = {}  # local atom -> shape of its elementwise log-probability
         self.subs: dict = {}
         self.tree: set = set()
         self.passthrough: dict = {}
         self.provided: frozenset = frozenset()
         self.needed: set = set()
         for eqn in scope.eqns:
-            outs = rule_for(eqn).influence(self, eqn, [self.of(r) for r in eqn.inputs])
+            in_influence = [self.of(r) for r in eqn.inputs]
+            outs = rule_for(eqn).influence(self, eqn, in_influence)
             self.influence.update(zip(eqn.outputs, outs))
+            self._track_fallbacks(eqn, in_influence, outs)
 
     def of(self, ref) -> frozenset:
         return EMPTY if isinstance(ref, Const) else self.influence[ref]
+
+    def fallbacks_of(self, ref) -> frozenset:
+        return EMPTY if isinstance(ref, Const) else self.fallbacks.get(ref, EMPTY)
+
+    def _track_fallbacks(self, eqn: Eqn, in_influence, outs):
+        inherited = frozenset().union(*(self.fallbacks_of(r) for r in eqn.inputs))
+        inherited |= _inner_fallbacks(self.subs.get(eqn.uid))
+        for var, out in zip(eqn.outputs, outs):
+            new = EMPTY
+            if eqn.name not in alignment.MIXING and type(rule_for(eqn)) is Rule:
+                lost = alignment.lost_alignment(in_influence, out)
+                new = frozenset((site_uid(a), eqn.name) for a in lost)
+            if inherited or new:
+                self.fallbacks[var] = inherited | new
+
+    def credit_fallbacks(self) -> dict:
+        """``{site uid: operation}`` for sites credited as a whole at some cost node of this
+        scope (or of a loop body in its cost tree) because of an operation with no rule."""
+        found: dict = {}
+        for leaf in self.leaves():
+            plain = {site_uid(a) for a in self.of(leaf) if a[0] != alignment.ELEM}
+            for uid, op in sorted(self.fallbacks_of(leaf), key=repr):
+                if uid in plain:
+                    found.setdefault(uid, op)
+        for info in self.subs.values():
+            if isinstance(info, _ScanInfo) and (info.tree_carries or info.tree_ys):
+                for uid, op in info.body.credit_fallbacks().items():
+                    found.setdefault(uid, op)
+        return found
 
     def mark_costs(self, root_positions, provided=frozenset(), collapse=True):
         """Marks the cost tree below the outputs at ``root_positions``.
@@ -195,21 +263,29 @@ class Analysis:
 class Evaluation:
     """Runs one scope on values, computing the surrogates of its cost tree on the way."""
 
-    def __init__(self, analysis: Analysis, invals, provided_surrogates=None, given_lps=None):
+    def __init__(self, analysis: Analysis, invals, provided_surrogates=None, given_log_probs=None):
         self.analysis = analysis
         self.env = dict(zip(analysis.scope.inputs, invals))
         self.surrogates = dict(provided_surrogates or {})
-        self.lps = dict(given_lps or {})
+        # atom -> elementwise log-probabilities (the site's shape; totals of loops elementwise)
+        self.lp_elems: dict = dict(given_log_probs or {})
+        self._totals: dict = {}
         self._boxes: dict = {}
         self._taus: dict = {}
         self._recent: list = []
         self.baseline_terms: list = []
-        self.lp_elems: dict = {}
         for eqn in analysis.scope.eqns:
             rule_for(eqn).emit(self, eqn)
 
     def read(self, ref):
         return ref.value if isinstance(ref, Const) else self.env[ref]
+
+    def total(self, atom):
+        """The atom's log-probability summed over its elements."""
+        if atom not in self._totals:
+            elems = self.lp_elems[atom]
+            self._totals[atom] = elems if jnp.ndim(elems) == 0 else jnp.sum(elems)
+        return self._totals[atom]
 
     def outputs(self):
         return [self.read(r) for r in self.analysis.scope.outputs]
@@ -264,7 +340,7 @@ class Evaluation:
         for known in reversed(self._recent):
             if known <= atoms and len(atoms - known) < len(rest):
                 base, rest = known, atoms - known
-        terms = [self.lps[a] for a in sorted(rest, key=repr)]
+        terms = [self.total(a) for a in sorted(rest, key=repr)]
         tau = sum(terms[1:], terms[0]) if base is None else sum(terms, self._taus[base])
         self._taus[atoms] = tau
         self._recent = [*self._recent[-7:], atoms]
@@ -321,6 +397,10 @@ class Rule:
             shapes = [aval_of(r, an.scope).shape for r in eqn.inputs]
             out_shape = an.scope.avals[eqn.outputs[0]].shape
             return [alignment.transfer(eqn.name, eqn.params, shapes, out_shape, in_influence)]
+        if not eqn.subs:
+            outs = alignment.transfer_multi(eqn.name, eqn.params, len(eqn.outputs), in_influence)
+            if outs is not None:
+                return outs
         return [alignment.whole(_union(in_influence))] * len(eqn.outputs)
 
     def mark(self, an: Analysis, eqn: Eqn, tree_outputs):
@@ -375,11 +455,10 @@ class SampleRule(Rule):
         value_dtype = an.scope.avals[eqn.outputs[0]].dtype
         key_influence, leaf_influence, _ = site.split(in_influence)
         log_prob_shape = _log_prob_shape(an, eqn)
-        # A parameter shaped like the log-probability passes its alignment on to the value.
         _, leaf_refs, _ = site.split(eqn.inputs)
         kept = [
-            infl if tuple(aval_of(r, an.scope).shape) == log_prob_shape else alignment.whole(infl)
-            for r, infl in zip(leaf_refs, leaf_influence)
+            _parameter_alignment(site, i, aval_of(r, an.scope).shape, log_prob_shape, infl)
+            for i, (r, infl) in enumerate(zip(leaf_refs, leaf_influence))
         ]
         ancestors = _union([alignment.whole(key_influence), *kept])  # the baseline is no parent
         an.subs[eqn.uid] = alignment.whole(ancestors)
@@ -421,6 +500,7 @@ class SampleRule(Rule):
             return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
+        an.lp_shapes[atom] = log_prob_shape
         return [_union([ancestors, alignment.site_value(atom, len(log_prob_shape))])]
 
     def mark(self, an, eqn, tree_outputs):
@@ -467,10 +547,28 @@ class SampleRule(Rule):
                     b = primitive.broadcast_baseline(site, baseline, log_probs)
                     log_probs = log_probs + (b - lax.stop_gradient(b))
                 ev.lp_elems[atom] = log_probs
-                ev.lps[atom] = jnp.sum(log_probs)
             if baseline is not None:
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
+
+
+def _parameter_alignment(site, leaf_index: int, shape, log_prob_shape, influence):
+    """What of a parameter's alignment reaches the site's value.
+
+    Element ``i`` of the value (batch axes first, then the event axes) is drawn from the
+    parameters' element ``i``: a parameter shaped like the log-probability, or with the
+    log-probability's shape as its leading axes (Categorical logits ``batch + (K,)``, batched
+    at every ``vmap`` level), keeps its alignment on those axes; its other axes mix.
+    """
+    ndim = len(log_prob_shape)
+    shape = tuple(shape)
+    if shape == log_prob_shape:
+        return influence
+    leading = shape[:ndim] == log_prob_shape and len(shape) > ndim
+    batched = all(level[1 + leaf_index] == 0 for level in site.batch_axes)
+    if leading and batched:
+        return alignment.keep_axes_below(influence, ndim)
+    return alignment.whole(influence)
 
 
 def _site_operand_structs(an: Analysis, eqn: Eqn):
@@ -588,11 +686,17 @@ def _check_site_at_runtime(site, value, leaves):
     )
 
 
+def _outer_log_probs(ev: Evaluation, info) -> dict:
+    """The parent's log-probabilities that a body needs, under the body's names for them."""
+    return {("outer", a): ev.lp_elems[a] for a in info.outer_atoms if a in ev.lp_elems}
+
+
 @dataclasses.dataclass
 class _BodyInfo:
     analyses: list  # one Analysis per sub-program (branches, or [body])
     exported: list = dataclasses.field(default_factory=list)  # (branch index, inner atom)
     outer_atoms: list = dataclasses.field(default_factory=list)
+    cum_atoms: list = dataclasses.field(default_factory=list)  # while loops
 
 
 class _SubprogramRule(Rule):
@@ -605,12 +709,14 @@ class _SubprogramRule(Rule):
         return in_influence
 
     def influence(self, an, eqn, in_influence):
-        ops = [_as_outer(s) for s in self.operands(eqn, in_influence)]
+        ops = [_enter(s) for s in self.operands(eqn, in_influence)]
         analyses = [Analysis(sub, ops, an.depth + 1) for sub in self.branches(eqn)]
         an.subs[eqn.uid] = _BodyInfo(analyses)
         control = _union(in_influence[: len(in_influence) - len(ops)])
         for b, body_an in enumerate(analyses):
-            an.local_atoms += [("sub", eqn.uid, (b, a)) for a in body_an.local_atoms]
+            for a in body_an.local_atoms:
+                an.local_atoms.append(("sub", eqn.uid, (b, a)))
+                an.lp_shapes[("sub", eqn.uid, (b, a))] = body_an.lp_shapes[a]
         return [
             alignment.whole(control)
             | _union(
@@ -625,10 +731,13 @@ class _SubprogramRule(Rule):
     def demand(self, an, eqn, need):
         info = an.subs[eqn.uid]
         info.exported = []
+        outer = set()
         for b, body_an in enumerate(info.analyses):
             wanted = [a for a in body_an.local_atoms if ("sub", eqn.uid, (b, a)) in need]
             info.exported += [(b, a) for a in wanted]
-            need |= {a[1] for a in body_an.demand(wanted) if a[0] == "outer"}
+            outer |= {a[1] for a in body_an.demand(wanted) if a[0] == "outer"}
+        info.outer_atoms = sorted(outer, key=repr)
+        need |= outer
 
     def needs_rewrite(self, eqn):
         return any(sub.first_site_label() is not None for sub in eqn.subs)
@@ -636,14 +745,16 @@ class _SubprogramRule(Rule):
     def run_branch(self, ev, eqn, b, operands):
         """Evaluates branch ``b``; returns its outputs and its exported log-probabilities."""
         info = ev.analysis.subs[eqn.uid]
-        bev = Evaluation(info.analyses[b], operands)
-        zero = jnp.zeros((), _tau_dtype())
-        lps = [bev.lps[a] if bb == b else zero for bb, a in info.exported]
+        bev = Evaluation(info.analyses[b], operands, given_log_probs=_outer_log_probs(ev, info))
+        lps = [
+            bev.lp_elems[a] if bb == b else jnp.zeros(info.analyses[bb].lp_shapes[a], _tau_dtype())
+            for bb, a in info.exported
+        ]
         return bev.outputs(), lps, bev.baseline_total()
 
     def record_lps(self, ev, eqn, lps, baseline_total):
         for (b, a), lp in zip(ev.analysis.subs[eqn.uid].exported, lps):
-            ev.lps[("sub", eqn.uid, (b, a))] = lp
+            ev.lp_elems[("sub", eqn.uid, (b, a))] = lp
         if any(sub.has_baselines() for sub in eqn.subs):
             ev.baseline_terms.append(baseline_total)
 
@@ -702,7 +813,12 @@ class CustomDerivativeRule(_SubprogramRule):
 
 
 class WhileRule(Rule):
-    """while_loop: whole-loop credit; forward-mode derivatives only when sites are inside."""
+    """while_loop: per-element credit through the carry; forward-mode derivatives only.
+
+    A while loop has no per-iteration outputs, so every cost after it gets the total of the
+    log-probabilities of the iterations (per element where the carry keeps alignment), plus
+    whatever decides the trip count.
+    """
 
     def influence(self, an, eqn, in_influence):
         cond_scope, body_scope = eqn.subs
@@ -715,14 +831,18 @@ class WhileRule(Rule):
                     "sample in the loop body (carry the value) or outside the loop.",
                 )
             )
-        everything = _union(in_influence)
-        body_an = Analysis(
-            body_scope, [_as_outer(everything)] * len(body_scope.inputs), an.depth + 1
+        p = eqn.params
+        n_cond, n_body = p["cond_nconsts"], p["body_nconsts"]
+        ins = [_enter(s) for s in in_influence]
+        cond_consts, body_consts = ins[:n_cond], ins[n_cond : n_cond + n_body]
+        body_an, carry = _carry_fixed_point(
+            body_scope, body_consts, ins[n_cond + n_body :], [], an.depth + 1
         )
+        cond_an = Analysis(cond_scope, cond_consts + carry, an.depth + 1)
+        trip_count = alignment.whole(cond_an.of(cond_scope.outputs[0]))
         an.subs[eqn.uid] = _BodyInfo([body_an])
-        atoms = [("sub", eqn.uid, a) for a in body_an.local_atoms]
-        an.local_atoms += atoms
-        return [alignment.whole(everything) | frozenset(atoms)] * len(eqn.outputs)
+        _export_loop_atoms(an, eqn.uid, body_an)
+        return [_to_parent(c | trip_count, eqn.uid) for c in carry]
 
     def mark(self, an, eqn, tree_outputs):
         return None
@@ -731,7 +851,11 @@ class WhileRule(Rule):
         info = an.subs[eqn.uid]
         body_an = info.analyses[0]
         info.exported = [a for a in body_an.local_atoms if ("sub", eqn.uid, a) in need]
-        need |= {a[1] for a in body_an.demand(info.exported) if a[0] == "outer"}
+        supplied = body_an.demand(info.exported)
+        cum = set(info.exported) | {a[1] for a in supplied if a[0] == "cum"}
+        info.cum_atoms = [a for a in body_an.local_atoms if a in cum]
+        info.outer_atoms = sorted({a[1] for a in supplied if a[0] == "outer"}, key=repr)
+        need |= set(info.outer_atoms)
 
     def emit(self, ev, eqn):
         cond_scope, body_scope = eqn.subs
@@ -739,32 +863,68 @@ class WhileRule(Rule):
         if label is None:
             return super().emit(ev, eqn)
         info = ev.analysis.subs[eqn.uid]
+        body_an = info.analyses[0]
         p = eqn.params
         invals = [ev.read(r) for r in eqn.inputs]
         cond_consts = invals[: p["cond_nconsts"]]
         body_consts = invals[p["cond_nconsts"] : p["cond_nconsts"] + p["body_nconsts"]]
         init = invals[p["cond_nconsts"] + p["body_nconsts"] :]
         cond_an = Analysis(cond_scope, [EMPTY] * len(cond_scope.inputs))
+        outer = _outer_log_probs(ev, info)
 
         def cond_fn(carry):
             return Evaluation(cond_an, cond_consts + list(carry[0])).outputs()[0]
 
         def body_fn(carry):
-            values, totals, baseline_total = carry
-            bev = Evaluation(info.analyses[0], body_consts + list(values))
-            totals = [t + bev.lps[a] for a, t in zip(info.exported, totals)]
-            return bev.outputs(), totals, baseline_total + bev.baseline_total()
+            values, cums, baseline_total = carry
+            given = dict(outer)
+            given.update({("cum", a): c for a, c in zip(info.cum_atoms, cums)})
+            bev = Evaluation(body_an, body_consts + list(values), given_log_probs=given)
+            cums = [c + bev.lp_elems[a] for a, c in zip(info.cum_atoms, cums)]
+            return bev.outputs(), cums, baseline_total + bev.baseline_total()
 
         zero = jnp.zeros((), _tau_dtype())
-        carry_init = (init, [zero for _ in info.exported], zero)
-        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init)))
-        outs, totals, baseline_total = lax.while_loop(cond_fn, body_fn, carry_init)
+        cum_init = [jnp.zeros(body_an.lp_shapes[a], _tau_dtype()) for a in info.cum_atoms]
+        carry_init = (init, cum_init, zero)
+        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init, outer)))
+        outs, cums, baseline_total = lax.while_loop(cond_fn, body_fn, carry_init)
         guard = lambda x: primitive.reverse_guard_p.bind(x, label=label)  # noqa: E731
         ev.set_outputs(eqn, [guard(x) for x in outs])
-        for a, total in zip(info.exported, totals):
-            ev.lps[("sub", eqn.uid, a)] = guard(total)
+        for a, total in zip(info.cum_atoms, cums):
+            ev.lp_elems[("sub", eqn.uid, a)] = guard(total)
         if body_scope.has_baselines():
             ev.baseline_terms.append(guard(baseline_total))
+
+
+def _carry_fixed_point(body: Scope, consts, init, xs, depth):
+    """Analyses a loop body until the carries' influence stops growing.
+
+    Returns the body's analysis and the carries' influence as the body sees it: the initial
+    values' plus, through the carry, the earlier iterations' (``("cum", atom)``), with
+    alignment kept where every iteration keeps it.
+    """
+    carry, nk = list(init), len(init)
+    fallbacks = [EMPTY] * nk  # fallbacks reaching the carry in earlier iterations
+    while True:
+        body_an = Analysis(
+            body,
+            list(consts) + carry + list(xs),
+            depth,
+            [EMPTY] * len(consts) + fallbacks + [EMPTY] * len(xs),
+        )
+        outs = body.outputs[:nk]
+        grown = [_union([c, _next_iteration(body_an.of(r))]) for c, r in zip(carry, outs)]
+        more = [f | body_an.fallbacks_of(r) for f, r in zip(fallbacks, outs)]
+        if grown == carry and more == fallbacks:
+            return body_an, carry
+        carry, fallbacks = grown, more
+
+
+def _export_loop_atoms(an: Analysis, uid: int, body_an: Analysis):
+    """A loop's sites appear in the parent as totals over the iterations, ``("sub", uid, a)``."""
+    for a in body_an.local_atoms:
+        an.local_atoms.append(("sub", uid, a))
+        an.lp_shapes[("sub", uid, a)] = body_an.lp_shapes[a]
 
 
 @dataclasses.dataclass
@@ -786,21 +946,17 @@ class ScanRule(Rule):
     """
 
     def influence(self, an, eqn, in_influence):
-        p = eqn.params
-        nc, nk = scan_counts(p)
+        nc, nk = scan_counts(eqn.params)
         body = eqn.subs[0]
-        ins = [_as_outer(s) for s in in_influence]
-        carry = ins[nc : nc + nk]
-        while True:
-            body_an = Analysis(body, ins[:nc] + carry + ins[nc + nk :], an.depth + 1)
-            step = [_next_iteration(body_an.of(r)) for r in body.outputs[:nk]]
-            new_carry = [c | s for c, s in zip(carry, step)]
-            if new_carry == carry:
-                break
-            carry = new_carry
+        consts = [_enter(s) for s in in_influence[:nc]]
+        init = [_enter(s) for s in in_influence[nc : nc + nk]]
+        xs = [_enter(s, stacked=True) for s in in_influence[nc + nk :]]
+        body_an, _ = _carry_fixed_point(body, consts, init, xs, an.depth + 1)
         an.subs[eqn.uid] = _ScanInfo(body_an)
-        an.local_atoms += [("sub", eqn.uid, a) for a in body_an.local_atoms]
-        return [_to_parent(body_an.of(r), eqn.uid) for r in body.outputs]
+        _export_loop_atoms(an, eqn.uid, body_an)
+        return [
+            _to_parent(body_an.of(r), eqn.uid, stacked=i >= nk) for i, r in enumerate(body.outputs)
+        ]
 
     def mark(self, an, eqn, tree_outputs):
         p = eqn.params
@@ -846,8 +1002,8 @@ class ScanRule(Rule):
         invals = [ev.read(r) for r in eqn.inputs]
         consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
         s_init = [ev.surrogate(eqn.inputs[nc + j]) for j in info.tree_carries]
-        cum_init = [jnp.zeros((), _tau_dtype()) for _ in info.cum_atoms]
-        outer_lps = {("outer", a): ev.lps[a] for a in info.outer_atoms if a in ev.lps}
+        cum_init = [jnp.zeros(info.body.lp_shapes[a], _tau_dtype()) for a in info.cum_atoms]
+        outer_lps = _outer_log_probs(ev, info)
 
         def body_fn(carry, x):
             values, s_values, cums, baseline_total = carry
@@ -858,7 +1014,7 @@ class ScanRule(Rule):
             outs = bev.outputs()
             new_s = [bev.surrogate(body.outputs[j]) for j in info.tree_carries]
             s_ys = [bev.surrogate(body.outputs[nk + j]) for j in info.tree_ys]
-            new_cums = [c + bev.lps[a] for a, c in zip(info.cum_atoms, cums)]
+            new_cums = [c + bev.lp_elems[a] for a, c in zip(info.cum_atoms, cums)]
             baseline_total = baseline_total + bev.baseline_total()
             return (outs[:nk], new_s, new_cums, baseline_total), (outs[nk:], s_ys)
 
@@ -876,7 +1032,7 @@ class ScanRule(Rule):
         ev.surrogates.update((eqn.outputs[j], s) for j, s in zip(info.tree_carries, s_final))
         ev.surrogates.update((eqn.outputs[nk + j], s) for j, s in zip(info.tree_ys, s_ys))
         for a, total in zip(info.cum_atoms, totals):
-            ev.lps[("sub", eqn.uid, a)] = total
+            ev.lp_elems[("sub", eqn.uid, a)] = total
         if body.has_baselines():
             ev.baseline_terms.append(baseline_total)
 
@@ -921,6 +1077,52 @@ def check_site_names(scope: Scope):
         seen[name] = eqn
 
 
+def site_credit(analysis: Analysis) -> dict:
+    """``{site uid: (credit, fallback operation or None)}`` for the vectorised score-function
+    sites that reach a cost: ``"per element"`` where every cost node gets the score of the
+    elements it depends on, ``"whole site"`` where some cost node gets the whole site's."""
+    shapes = {site_uid(a): shape for a, shape in analysis.lp_shapes.items()}
+    seen: dict = {}
+
+    def visit(an: Analysis):
+        for leaf in an.leaves():
+            for entry in an.of(leaf):
+                uid = site_uid(alignment.base(entry))
+                plain = entry[0] != alignment.ELEM
+                seen[uid] = seen.get(uid, False) or plain
+        for info in an.subs.values():
+            if isinstance(info, _ScanInfo) and (info.tree_carries or info.tree_ys):
+                visit(info.body)
+
+    visit(analysis)
+    fallbacks = analysis.credit_fallbacks()
+    return {
+        uid: ("whole site" if plain else "per element", fallbacks.get(uid))
+        for uid, plain in seen.items()
+        if shapes.get(uid, ())
+    }
+
+
+def warn_credit_fallbacks(scope: Scope, analysis: Analysis):
+    """One ``FallbackWarning`` per vectorised site whose credit an unknown operation coarsened."""
+    labels = {eqn.uid: eqn.params["site"].label for eqn in scope.sites()}
+    for uid, op in sorted(analysis.credit_fallbacks().items()):
+        warnings.warn(
+            site_message(
+                labels[uid],
+                f"per-element credit falls back to the whole site at `{op}`.\n  Why: jax_scg "
+                f"has no rule saying which elements of `{op}`'s output depend on which "
+                "elements of its inputs, so every cost downstream of it gets the score of "
+                "every element of this site. The estimate stays unbiased, with more variance.",
+                "write that step with elementwise operations, indexing or jax.vmap (which "
+                "keep per-element credit), or split the site into several sample calls. To "
+                "silence: warnings.filterwarnings('ignore', category=scg.FallbackWarning).",
+            ),
+            FallbackWarning,
+            stacklevel=2,
+        )
+
+
 def named_score_sites(scope: Scope) -> dict:
     """Name -> log-probability shape of the named score-function sites at the top level."""
     analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
@@ -946,6 +1148,7 @@ def evaluate_surrogate(scope: Scope, flat_args, with_baselines: bool = True):
     analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
     analysis.mark_costs([0])
     analysis.demand()
+    warn_credit_fallbacks(scope, analysis)
 
     def run(branches=None):
         token = BRANCHES.set(branches)
