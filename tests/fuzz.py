@@ -3,7 +3,10 @@
 A program is a random DAG of sites (Bernoulli, 3-way Categorical, a 2-vector of Bernoullis
 drawn under ``jax.vmap`` inside the program, Normal with score-function or pathwise
 estimator), random costs of them (some inside ``lax.cond`` on a sample, some under a nested
-``jax.jit``), and optionally a 2-step ``lax.scan`` policy whose actions depend on a site.
+``jax.jit``), and optionally a ``lax.scan`` policy whose actions depend on a site: 2 or 3
+steps, one environment or two stepped together (a vector site per step), rewards stacked or
+summed in the carry, forward or reversed, with or without a baseline, with dynamics that do
+or do not depend on the parameters (loop fission applies only where they do not).
 
 Exact references never use jax_scg: the expectation is enumerated over the discrete values
 (probabilities written with ``jax.nn``) and over Gauss-Hermite nodes for the Normal sites
@@ -15,6 +18,8 @@ Two checks per program:
 * **Monte Carlo**: the mean of ``scg.grad`` (and of ``jax.hessian(scg.surrogate)``) over many
   keys is within z standard errors of the exact gradient (Hessian), z Bonferroni-corrected
   over all programs and coordinates.
+* **Fission on and off** (programs with a loop): the estimates with and without loop fission
+  are equal key by key at orders 1, 2 and 3.
 * **Exact, no noise** (programs without loops or pathwise sites): with ``scg.condition``
   planting every site's value, the estimate for each joint value equals a hand-written causal
   DiCE estimator built from the generator's own DAG (so the variance equals the causal
@@ -69,12 +74,27 @@ class Cost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Loop:
+    parent: int  # the site whose value shifts the policy's logits
+    steps: int
+    envs: int  # environments stepped together; 1: a scalar site per step
+    carried: bool  # rewards summed in the carry (else stacked by the scan)
+    reverse: bool
+    baseline: bool
+    param_dynamics: bool  # the dynamics depend on theta: a derivative flows through the carry
+
+
+@dataclasses.dataclass(frozen=True)
 class Program:
     sites: tuple
     costs: tuple
-    scan_parent: int  # -1: no scan
+    loop: Loop | None
     theta_dim: int
     seed: int
+
+    @property
+    def scan_parent(self) -> int:
+        return -1 if self.loop is None else self.loop.parent
 
     @property
     def has_pathwise(self) -> bool:
@@ -102,8 +122,13 @@ def generate(seed: int) -> Program:
         costs.append(Cost(used, rng.randint(0, 3), beta, slot, wrap, pred))
         slot += 1
     scan_parent = rng.choice([-1, -1, *discrete]) if discrete else -1
-    theta_dim = slot + (2 if scan_parent >= 0 else 0)
-    return Program(tuple(sites), tuple(costs), scan_parent, theta_dim, seed)
+    loop = None
+    if scan_parent >= 0:
+        flags = [rng.random() < 0.5 for _ in range(3)]
+        steps, envs = rng.choice([(2, 1), (3, 1), (2, 2)])
+        loop = Loop(scan_parent, steps, envs, *flags, param_dynamics=rng.random() < 0.3)
+    theta_dim = slot + (2 if loop is not None else 0)
+    return Program(tuple(sites), tuple(costs), loop, theta_dim, seed)
 
 
 def theta_for(program: Program):
@@ -166,11 +191,16 @@ def cost_value(cost: Cost, theta, values, sites):
 
 
 def scan_costs(program: Program, theta, values, actions=None, key=None):
-    """A 2-step policy: a_t ~ Bernoulli(θ + 0.8 carry + parent), reward (a_t − 0.4 carry)²."""
-    if program.scan_parent < 0:
+    """A policy: a_t ~ Bernoulli(θ₀ + 0.8 carry + parent), reward (a_t − 0.4 carry)² + θ₁ a_t.
+
+    With ``key``, the jax_scg program; with ``actions`` (steps × envs values, in the loop's
+    order), the rewards' total and the actions' log-probability, for enumeration.
+    """
+    loop = program.loop
+    if loop is None:
         return 0.0
     t = theta[program.theta_dim - 2 :]
-    parent = summary(program.sites[program.scan_parent].kind, values[program.scan_parent])
+    parent = summary(program.sites[loop.parent].kind, values[loop.parent])
 
     def logit(carry):
         return t[0] + 0.8 * carry + 0.5 * parent
@@ -178,18 +208,31 @@ def scan_costs(program: Program, theta, values, actions=None, key=None):
     def reward(carry, a):
         return (a - 0.4 * carry) ** 2 + t[1] * a
 
+    def dynamics(carry, a):
+        return 0.5 * carry + a + (0.3 * t[1] * a if loop.param_dynamics else 0.0)
+
+    start = jnp.zeros(()) if loop.envs == 1 else jnp.zeros(loop.envs)
     if key is not None:
 
-        def body(carry, k):
-            a = scg.sample(k, D.Bernoulli(logits=logit(carry)))
-            return 0.5 * carry + a, reward(carry, a)
+        def body(state, k):
+            carry, total = state if loop.carried else (state, None)
+            kw = dict(baseline=0.3 * carry + 0.1) if loop.baseline else {}
+            a = scg.sample(k, D.Bernoulli(logits=logit(carry)), **kw)
+            carry, r = dynamics(carry, a), reward(carry, a)
+            return ((carry, total + r), None) if loop.carried else (carry, r)
 
-        return lax.scan(body, 0.0, jax.random.split(key, 2))[1].sum()
-    total, log_p, carry = 0.0, 0.0, 0.0
-    for a in actions:
-        log_p = log_p + bernoulli_logp(a, logit(carry))
-        total = total + reward(carry, a)
-        carry = 0.5 * carry + a
+        init = (start, jnp.zeros_like(start)) if loop.carried else start
+        keys = jax.random.split(key, loop.steps)
+        final, rewards = lax.scan(body, init, keys, reverse=loop.reverse)
+        return jnp.sum(final[1]) if loop.carried else jnp.sum(rewards)
+    total, log_p, carry = 0.0, 0.0, start
+    for step in range(loop.steps):
+        a = jnp.reshape(
+            jnp.asarray(actions[step * loop.envs : (step + 1) * loop.envs]), start.shape
+        )
+        log_p = log_p + jnp.sum(bernoulli_logp(a, logit(carry)))
+        total = total + jnp.sum(reward(carry, a))
+        carry = dynamics(carry, a)
     return total, log_p
 
 
@@ -292,8 +335,8 @@ def exact_expectation(program: Program):
         costs = sum((cost_value(c, theta, values, program.sites) for c in program.costs), 0.0)
         if program.scan_parent < 0:
             return jnp.exp(log_w) * costs
-        total = 0.0
-        for actions in itertools.product((0.0, 1.0), repeat=2):
+        total, loop = 0.0, program.loop
+        for actions in itertools.product((0.0, 1.0), repeat=loop.steps * loop.envs):
             rewards, log_p = scan_costs(program, theta, values, actions=actions)
             total = total + jnp.exp(log_w + log_p) * (costs + rewards)
         return total
@@ -411,6 +454,25 @@ def exact_check(program: Program):
     }
 
 
+def fission_mismatch(program: Program) -> float:
+    """Largest relative difference between estimates with and without loop fission, over
+    three keys at first order and one key at second and third order."""
+    fn, theta = make_fn(program), theta_for(program)
+
+    def estimates(fission):
+        surrogate = scg.surrogate(fn, fission=fission)
+        keys = jax.random.split(jax.random.key(program.seed + 7), 3)
+        grads = jax.vmap(scg.grad(fn, fission=fission), (None, 0))(theta, keys)
+        hessian = jax.hessian(surrogate)(theta, keys[0])
+        third = jax.jacfwd(jax.hessian(surrogate))(theta, keys[1])
+        return [grads, hessian, third]
+
+    worst = 0.0
+    for on, off in zip(estimates(True), estimates(False)):
+        worst = max(worst, float(jnp.max(jnp.abs(on - off) / (1.0 + jnp.abs(off)))))
+    return worst
+
+
 def z_threshold(n_tests: int) -> float:
     return 5.0 + math.sqrt(2.0 * math.log(max(n_tests, 1)))
 
@@ -424,6 +486,10 @@ def check(program: Program, n: int, z: float, hessian: bool) -> list:
         tol = z * se + 1e-4 * (1 + np.abs(exact))
         if np.any(np.abs(mean - exact) > tol):
             problems.append(f"MC {what}: mean {mean} exact {exact} se {se}")
+    if program.loop is not None:
+        mismatch = fission_mismatch(program)
+        if mismatch > 1e-4:
+            problems.append(f"estimates with and without loop fission differ: {mismatch}")
     exact = exact_check(program)
     if exact is not None:
         if exact["causal_mismatch"] > 1e-4:

@@ -39,3 +39,9 @@ def test_loops_quick_runs(tmp_path):
     assert "| model | derivative | scg / fissioned [IQR] | scg / naive [IQR] |" in text
     assert "| program | coordinate | mean ± SE batched | mean ± SE per-episode |" in text
     assert "| hand-written credit | max rel. diff |" in text
+
+
+def test_lola_quick_runs(tmp_path):
+    text = run_quick("lola.py", str(tmp_path / "lola.md"))
+    assert "| look-aheads | jax_scg / hand, best [IQR] |" in text
+    assert "### Equality checks" in text

@@ -28,5 +28,11 @@ def test_generator_covers_every_fragment():
     }
     wraps = {c.wrap for p in programs for c in p.costs}
     assert wraps == {"", "jit", "cond"}
-    assert sum(p.scan_parent >= 0 for p in programs) >= 10
+    loops = [p.loop for p in programs if p.loop is not None]
+    assert len(loops) >= 10
+    assert all(
+        any(getattr(lp, f) for lp in loops)
+        for f in ("carried", "reverse", "baseline", "param_dynamics")
+    )
+    assert any(lp.envs > 1 for lp in loops) and any(lp.steps == 3 for lp in loops)
     assert sum(not p.has_pathwise and p.scan_parent < 0 for p in programs) >= 30  # exact checks

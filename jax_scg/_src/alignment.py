@@ -261,6 +261,9 @@ _RULES = {
     "dynamic_slice": _same_layout_rule(_dynamic_slice_moves),
     "dynamic_update_slice": _same_layout_rule(_dynamic_update_slice_moves),
     "rev": _same_layout_rule(_rev_moves),
+    "stack": lambda params, in_shapes, out_shape, in_influence: union(
+        [_remap(s, lambda a: a if a < params["axis"] else a + 1) for s in in_influence]
+    ),
     "sort": _same_layout_rule(lambda params, in_shapes, out_shape: [{params["dimension"]}]),
 }
 # Operations whose loss of alignment is real mixing of elements, not a missing rule.
@@ -285,10 +288,15 @@ def transfer_multi(name: str, params: dict, num_outputs: int, in_influence):
     return None
 
 
-def lost_alignment(in_influence, out) -> list:
-    """The atoms aligned in some input but plain (credited as a whole) in ``out``."""
+def lost_alignment(name: str, in_influence, out) -> list:
+    """The atoms that operation ``name`` itself made plain (credited as a whole) in ``out``:
+    aligned in some input, plain in none, plain in ``out``. Elementwise operations and real
+    mixing (reductions, contractions) are not losses of a rule."""
+    if name in MIXING or name in _ELEMENTWISE:
+        return []
     aligned = {e[1] for s in in_influence for e in s if e[0] == ELEM}
-    return sorted((a for a in aligned if a in out), key=repr)
+    plain = {e for s in in_influence for e in s if e[0] != ELEM}
+    return sorted((a for a in aligned - plain if a in out), key=repr)
 
 
 def _dot_general(params, in_shapes, in_influence) -> frozenset:

@@ -10,6 +10,7 @@ inputs and costs), without the Graphviz binaries.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import warnings
 
@@ -302,7 +303,7 @@ def graph(fn, argnums=0):
     argnum_list = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def graph_fn(*args, **kwargs):
-        closed = jax.make_jaxpr(fn)(*args, **kwargs)
+        closed = jax.make_jaxpr(functools.partial(fn, **kwargs))(*args)  # as surrogate does
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
         builder = _Builder()
         names = _argument_names(fn, len(args))

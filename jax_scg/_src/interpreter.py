@@ -9,7 +9,9 @@ Three passes over a ``Scope`` (see ``jaxpr.py``), then one evaluation:
    the earlier iterations (``("cum", atom)``). Pathwise and relaxed sites add no atom: their
    value is a differentiable function of their inputs. A vectorised site's atom can be
    *aligned* with a value's axes (``alignment.py``), so that element ``i`` of a cost only
-   gets the score of element ``i`` of the site (per-element credit without plates).
+   gets the score of element ``i`` of the site (per-element credit without plates), through
+   loops too. The same pass records which variables may carry a derivative (for loop fission,
+   ``loops.py``) and where an operation without a per-element rule coarsened a site's credit.
 2. **Cost structure** (backward from the objective): the variables the objective depends on
    only through linear operations with coefficients no atom influences. These form the *cost
    tree*; its leaves are the cost nodes. Loops take part: stacked ``scan`` outputs and
@@ -26,16 +28,21 @@ surrogate ``s(v)``: at a leaf ``c``, ``magic_box(sum of the log-probabilities of
 influence c) * c``; through the tree, the same linear operations on the surrogates. The
 surrogate of the objective is the DiCE objective (Foerster et al. 2018) with per-cost causality
 (Schulman et al. 2015, Corollary 1); its value equals the objective's value.
+
+Everything that steers the rewrite from outside (validation, baselines by name, fitting a
+critic, ...) arrives as one ``Options`` value; rules for control flow live in
+``control_flow.py`` and ``loops.py`` and register themselves in ``RULES``.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import itertools
 import types
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,18 +50,37 @@ from jax import lax
 
 from jax_scg._src import alignment, estimators, primitive
 from jax_scg._src.errors import FallbackWarning, SiteError, site_message
-from jax_scg._src.jaxpr import (
-    Const,
-    Eqn,
-    Scope,
-    aval_of,
-    bind,
-    scan_counts,
-    vary_over,
-    varying_axes_of,
-)
+from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind
 
 EMPTY: frozenset = frozenset()
+_NO_NAMES: Mapping = types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the caller asks of one rewrite; made by the public transformations.
+
+    Attributes:
+      validate: add ``checkify`` checks of every site's parameters and log-probability.
+      baselines: ``{site name: baseline}`` applied as if passed to ``sample(baseline=...)``.
+      fit_baselines: enter every site's baseline ``b`` into its own log-probability as
+        ``b - stop_gradient(b)``, so that ``d surrogate / d b`` is the downstream cost minus
+        ``b``: the negated gradient of a critic's squared error (``critic_argnums``).
+      log_prob_offsets: ``{site name: zeros}`` added to named sites' log-probabilities, so
+        that ``d surrogate / d offset`` is the downstream cost (``downstream_costs``).
+      reverse_over_reverse: the estimate is itself being reverse-differentiated (grad of
+        grad), which JAX's implicit Gamma/Beta/Dirichlet gradients do not support.
+      fission: split loops so that scores, boxes and costs are computed after them,
+        vectorised over iterations, where that removes the backward pass through time
+        (``loops.py``); off gives the straightforward rewrite (same values).
+    """
+
+    validate: bool = False
+    baselines: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _NO_NAMES)
+    fit_baselines: bool = False
+    log_prob_offsets: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _NO_NAMES)
+    reverse_over_reverse: bool = False
+    fission: bool = True
 
 
 def magic_box(tau):
@@ -68,15 +94,19 @@ def magic_box(tau):
     return jnp.exp(tau - lax.stop_gradient(tau))
 
 
-def _tau_dtype():
+def tau_dtype():
     return jnp.result_type(float)
 
 
-def _is_local(atom) -> bool:
+# --------------------------------------------------------------------------------------------
+# Atoms across scopes.
+
+
+def is_local(atom) -> bool:
     return atom[0] not in ("outer", "cum")
 
 
-def _enter(entries: frozenset, stacked: bool = False) -> frozenset:
+def enter(entries: frozenset, stacked: bool = False) -> frozenset:
     """A parent's influence as seen inside a body: each atom becomes ``("outer", atom)``.
 
     Alignment is kept; a scanned operand (``stacked``) loses its leading axis in the body.
@@ -84,20 +114,20 @@ def _enter(entries: frozenset, stacked: bool = False) -> frozenset:
     return alignment.relabel(entries, lambda a: ("outer", a), -1 if stacked else 0)
 
 
-def _to_parent(entries: frozenset, uid: int, tag=None, stacked: bool = False) -> frozenset:
+def to_parent(entries: frozenset, uid: int, tag=None, stacked: bool = False) -> frozenset:
     """Maps body entries to the enclosing scope: outer ones back, the rest to totals of ``uid``.
 
     Alignment is kept (a loop's total of a site is summed over iterations, elementwise); a
     stacked loop output gains a leading axis.
     """
 
-    def to_parent(a):
+    def parent_atom(a):
         if a[0] == "outer":
             return a[1]
         inner = a[1] if a[0] == "cum" else a
         return ("sub", uid, inner if tag is None else (tag, inner))
 
-    return alignment.relabel(entries, to_parent, 1 if stacked else 0)
+    return alignment.relabel(entries, parent_atom, 1 if stacked else 0)
 
 
 def site_uid(atom):
@@ -111,36 +141,55 @@ def site_uid(atom):
     return atom[1]
 
 
-def _inner_fallbacks(info) -> frozenset:
-    """Fallbacks found inside a sub-program's bodies (they reach its outputs)."""
-    if info is None:
-        return EMPTY
-    analyses = [info.body] if isinstance(info, _ScanInfo) else getattr(info, "analyses", [])
-    out = set()
-    for body_an in analyses:
-        for ref in body_an.scope.outputs:
-            out |= body_an.fallbacks_of(ref)
-    return frozenset(out)
+@dataclasses.dataclass
+class SubInfo:
+    """What a rule records about an equation's sub-programs (its bodies' analyses)."""
+
+    analyses: list = dataclasses.field(default_factory=list)
+
+    def cost_bodies(self) -> list:
+        """The bodies whose cost trees were marked (loop bodies with per-iteration costs)."""
+        return []
 
 
-def _next_iteration(entries: frozenset) -> frozenset:
-    """A body output's influence as the next iteration's input sees it (through the carry)."""
-    return alignment.relabel(entries, lambda a: ("cum", a) if _is_local(a) else a)
-
-
-_union = alignment.union
+def _is_inexact(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
 class Analysis:
-    """Influence, cost structure and demand for one scope, given its inputs' influence."""
+    """Influence, cost structure and demand for one scope, given its inputs' influence.
 
-    def __init__(self, scope: Scope, input_influence, depth: int = 0, input_fallbacks=None):
+    Args:
+      scope: the program or body.
+      input_influence: one influence set per input.
+      options: the rewrite's ``Options``.
+      depth: 0 for the program, +1 inside each loop, branch or checkpoint.
+      input_fallbacks: per input, the ``(site uid, operation)`` pairs that coarsened credit
+        on the way to it.
+      input_diff: per input, whether it may carry a derivative (default: floating point).
+    """
+
+    def __init__(
+        self,
+        scope: Scope,
+        input_influence,
+        options: Options = Options(),
+        depth: int = 0,
+        input_fallbacks=None,
+        input_diff=None,
+    ):
         self.scope = scope
-        self.depth = depth  # 0 for the program, +1 inside each loop, branch or checkpoint
+        self.options = options
+        self.depth = depth
         self.influence: dict = dict(zip(scope.inputs, input_influence))
         # variable -> {(site uid, operation)}: where a site's per-element credit was lost on
         # the way to the variable because an operation has no alignment rule (a warning).
         self.fallbacks: dict = dict(zip(scope.inputs, input_fallbacks or ()))
+        if input_diff is None:
+            input_diff = [_is_inexact(scope.avals[v]) for v in scope.inputs]
+        # variable -> whether it may carry a derivative with respect to any float input (no
+        # path through stop_gradient, a score-function draw or an integer)
+        self.diff: dict = dict(zip(scope.inputs, input_diff))
         self.local_atoms: list = []
         self.lp_shapes: dict = {}  # local atom -> shape of its elementwise log-probability
         self.subs: dict = {}
@@ -149,41 +198,59 @@ class Analysis:
         self.provided: frozenset = frozenset()
         self.needed: set = set()
         for eqn in scope.eqns:
+            rule = rule_for(eqn)
             in_influence = [self.of(r) for r in eqn.inputs]
-            outs = rule_for(eqn).influence(self, eqn, in_influence)
+            outs = rule.influence(self, eqn, in_influence)
             self.influence.update(zip(eqn.outputs, outs))
-            self._track_fallbacks(eqn, in_influence, outs)
+            self.diff.update(zip(eqn.outputs, rule.differentiable(self, eqn)))
+            self._track_fallbacks(eqn, rule, in_influence, outs)
+
+    def nested(self, scope: Scope, input_influence, input_fallbacks=None, input_diff=None):
+        """The analysis of a body of one of this scope's equations."""
+        return Analysis(
+            scope, input_influence, self.options, self.depth + 1, input_fallbacks, input_diff
+        )
 
     def of(self, ref) -> frozenset:
         return EMPTY if isinstance(ref, Const) else self.influence[ref]
 
+    def is_diff(self, ref) -> bool:
+        return False if isinstance(ref, Const) else self.diff[ref]
+
     def fallbacks_of(self, ref) -> frozenset:
         return EMPTY if isinstance(ref, Const) else self.fallbacks.get(ref, EMPTY)
 
-    def _track_fallbacks(self, eqn: Eqn, in_influence, outs):
+    def _track_fallbacks(self, eqn: Eqn, rule, in_influence, outs):
         inherited = frozenset().union(*(self.fallbacks_of(r) for r in eqn.inputs))
-        inherited |= _inner_fallbacks(self.subs.get(eqn.uid))
+        info = self.subs.get(eqn.uid)
+        for body in info.analyses if isinstance(info, SubInfo) else ():
+            for ref in body.scope.outputs:
+                inherited |= body.fallbacks_of(ref)
         for var, out in zip(eqn.outputs, outs):
             new = EMPTY
-            if eqn.name not in alignment.MIXING and type(rule_for(eqn)) is Rule:
-                lost = alignment.lost_alignment(in_influence, out)
+            if type(rule) is Rule:
+                lost = alignment.lost_alignment(eqn.name, in_influence, out)
                 new = frozenset((site_uid(a), eqn.name) for a in lost)
             if inherited or new:
                 self.fallbacks[var] = inherited | new
 
-    def credit_fallbacks(self) -> dict:
-        """``{site uid: operation}`` for sites credited as a whole at some cost node of this
-        scope (or of a loop body in its cost tree) because of an operation with no rule."""
-        found: dict = {}
-        for leaf in self.leaves():
-            plain = {site_uid(a) for a in self.of(leaf) if a[0] != alignment.ELEM}
-            for uid, op in sorted(self.fallbacks_of(leaf), key=repr):
-                if uid in plain:
-                    found.setdefault(uid, op)
+    def cost_scopes(self):
+        """This analysis and, recursively, the loop bodies with costs of their own."""
+        yield self
         for info in self.subs.values():
-            if isinstance(info, _ScanInfo) and (info.tree_carries or info.tree_ys):
-                for uid, op in info.body.credit_fallbacks().items():
-                    found.setdefault(uid, op)
+            for body in info.cost_bodies() if isinstance(info, SubInfo) else ():
+                yield from body.cost_scopes()
+
+    def credit_fallbacks(self) -> dict:
+        """``{site uid: operation}`` for sites credited as a whole at some cost node (here or
+        in a loop body's per-iteration costs) because of an operation with no rule."""
+        found: dict = {}
+        for an in self.cost_scopes():
+            for leaf in an.leaves():
+                plain = {site_uid(a) for a in an.of(leaf) if a[0] != alignment.ELEM}
+                for uid, op in sorted(an.fallbacks_of(leaf), key=repr):
+                    if uid in plain:
+                        found.setdefault(uid, op)
         return found
 
     def mark_costs(self, root_positions, provided=frozenset(), collapse=True):
@@ -257,15 +324,47 @@ class Analysis:
             if len(need) == before:
                 break
         self.needed = need
-        return {a for a in need if not _is_local(a)}
+        return {a for a in need if not is_local(a)}
 
 
 class Evaluation:
-    """Runs one scope on values, computing the surrogates of its cost tree on the way."""
+    """Runs one scope on values, computing the surrogates of its cost tree on the way.
 
-    def __init__(self, analysis: Analysis, invals, provided_surrogates=None, given_log_probs=None):
+    Args:
+      analysis: the scope's analysis.
+      invals: one value per input of the scope.
+      branches: the current branches of the branching sites (``_Branches``), or None.
+      provided_surrogates: ``{input variable: surrogate}`` (loop carries in the cost tree).
+      given_log_probs: ``{atom: elementwise log-probabilities}`` known from outside (the
+        parent's, the earlier iterations', or computed by an earlier pass).
+      values: ``{variable: value}`` computed elsewhere (a fissioned loop's stacked values); a
+        site whose value is given is not drawn again.
+      eqns: the uids of the equations to run (None: all).
+      costs: compute surrogates and baseline terms (else values and log-probabilities only).
+      log_probs: compute the sites' log-probabilities (else only draw).
+    """
+
+    def __init__(
+        self,
+        analysis: Analysis,
+        invals,
+        *,
+        branches=None,
+        provided_surrogates=None,
+        given_log_probs=None,
+        values=None,
+        eqns=None,
+        costs: bool = True,
+        log_probs: bool = True,
+    ):
         self.analysis = analysis
+        self.options = analysis.options
+        self.branches = branches
+        self.costs = costs
+        self.log_probs = log_probs
         self.env = dict(zip(analysis.scope.inputs, invals))
+        self.given_values = frozenset(values or ())
+        self.env.update(values or {})
         self.surrogates = dict(provided_surrogates or {})
         # atom -> elementwise log-probabilities (the site's shape; totals of loops elementwise)
         self.lp_elems: dict = dict(given_log_probs or {})
@@ -275,7 +374,12 @@ class Evaluation:
         self._recent: list = []
         self.baseline_terms: list = []
         for eqn in analysis.scope.eqns:
-            rule_for(eqn).emit(self, eqn)
+            if eqns is None or eqn.uid in eqns:
+                rule_for(eqn).emit(self, eqn)
+
+    def nested(self, analysis: Analysis, invals, **kwargs):
+        """An evaluation of a body, in the same branches."""
+        return Evaluation(analysis, invals, branches=self.branches, **kwargs)
 
     def read(self, ref):
         return ref.value if isinstance(ref, Const) else self.env[ref]
@@ -292,7 +396,7 @@ class Evaluation:
 
     def surrogate(self, ref):
         """``s(ref)``: the value with every cost node below it multiplied by its magic box."""
-        branches = BRANCHES.get()
+        branches = self.branches
         if isinstance(ref, Const):
             if branches is None:
                 return ref.value
@@ -312,7 +416,7 @@ class Evaluation:
 
         Inside a branched evaluation (``_Branches``), times the branch weights.
         """
-        branches = BRANCHES.get()
+        branches = self.branches
         branch_entries = () if branches is None else branches.entries(atoms)
         atoms = atoms.difference(branch_entries)
         plain = frozenset(a for a in atoms if a[0] != alignment.ELEM)
@@ -348,16 +452,16 @@ class Evaluation:
 
     def baseline_total(self):
         """Sum of this scope's baseline terms (each zero in value)."""
-        return sum(self.baseline_terms, jnp.zeros((), _tau_dtype()))
+        return sum(self.baseline_terms, jnp.zeros((), tau_dtype()))
 
     def set_outputs(self, eqn: Eqn, values):
         self.env.update(zip(eqn.outputs, values))
 
 
 # --------------------------------------------------------------------------------------------
-# Per-primitive rules. Each rule says how influence flows, whether the equation is linear in
-# some inputs (so the cost tree continues through it), what it demands from sub-programs, and
-# how it is evaluated.
+# Per-primitive rules. Each rule says how influence flows, whether its outputs may carry a
+# derivative, whether the equation is linear in some inputs (so the cost tree continues
+# through it), what it demands from sub-programs, and how it is evaluated.
 
 _UNARY_LINEAR = frozenset(
     {
@@ -401,7 +505,14 @@ class Rule:
             outs = alignment.transfer_multi(eqn.name, eqn.params, len(eqn.outputs), in_influence)
             if outs is not None:
                 return outs
-        return [alignment.whole(_union(in_influence))] * len(eqn.outputs)
+        return [alignment.whole(alignment.union(in_influence))] * len(eqn.outputs)
+
+    def differentiable(self, an: Analysis, eqn: Eqn) -> list:
+        """Per output: whether it may carry a derivative (given the inputs' flags)."""
+        if eqn.name == "stop_gradient":
+            return [False] * len(eqn.outputs)
+        any_in = any(an.is_diff(r) for r in eqn.inputs)
+        return [any_in and _is_inexact(an.scope.avals[o]) for o in eqn.outputs]
 
     def mark(self, an: Analysis, eqn: Eqn, tree_outputs):
         return _linear_inputs(an, eqn)
@@ -412,7 +523,7 @@ class Rule:
     def emit(self, ev: Evaluation, eqn: Eqn):
         invals = [ev.read(r) for r in eqn.inputs]
         ev.set_outputs(eqn, bind(eqn, invals))
-        linear = ev.analysis.passthrough.get(eqn.uid)
+        linear = ev.analysis.passthrough.get(eqn.uid) if ev.costs else None
         if linear is not None:
             s_in = [
                 ev.surrogate(r) if i in linear else v
@@ -428,7 +539,7 @@ def _linear_inputs(an: Analysis, eqn: Eqn):
     def free(*positions):
         return all(not an.of(eqn.inputs[i]) for i in positions)
 
-    if name in ("add", "sub", "add_any", "concatenate", "pad"):
+    if name in ("add", "sub", "add_any", "concatenate", "pad", "stack"):
         return tuple(range(n))
     if name in _UNARY_LINEAR:
         return (0,)
@@ -450,6 +561,8 @@ def _linear_inputs(an: Analysis, eqn: Eqn):
 
 
 class SampleRule(Rule):
+    """``scg.sample``: a stochastic node; its log-probability is an atom (score function)."""
+
     def influence(self, an, eqn, in_influence):
         site = eqn.params["site"]
         value_dtype = an.scope.avals[eqn.outputs[0]].dtype
@@ -460,8 +573,9 @@ class SampleRule(Rule):
             _parameter_alignment(site, i, aval_of(r, an.scope).shape, log_prob_shape, infl)
             for i, (r, infl) in enumerate(zip(leaf_refs, leaf_influence))
         ]
-        ancestors = _union([alignment.whole(key_influence), *kept])  # the baseline is no parent
-        an.subs[eqn.uid] = alignment.whole(ancestors)
+        # the baseline is no parent
+        ancestors = alignment.union([alignment.whole(key_influence), *kept])
+        an.subs[eqn.uid] = ancestors  # aligned with the log-probability's axes where they are
         estimator = site.resolved_estimator(value_dtype)
         branching = isinstance(estimator, estimators.Branching)
         if branching and an.depth > 0:
@@ -485,7 +599,7 @@ class SampleRule(Rule):
                         'drop the baseline, or use estimator="score_function".',
                     )
                 )
-            if REVERSE_OVER_REVERSE.get() and _uses_implicit_gradients(an, eqn):
+            if an.options.reverse_over_reverse and _uses_implicit_gradients(an, eqn):
                 raise SiteError(
                     site_message(
                         site.label,
@@ -501,27 +615,40 @@ class SampleRule(Rule):
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
         an.lp_shapes[atom] = log_prob_shape
-        return [_union([ancestors, alignment.site_value(atom, len(log_prob_shape))])]
+        return [alignment.union([ancestors, alignment.site_value(atom, len(log_prob_shape))])]
+
+    def differentiable(self, an, eqn):
+        site = eqn.params["site"]
+        out = an.scope.avals[eqn.outputs[0]]
+        if site.resolved_estimator(out.dtype) == primitive.SCORE_FUNCTION:
+            return [False]  # the value is stopped; its score carries the derivative
+        return [_is_inexact(out) and any(an.is_diff(r) for r in eqn.inputs[1:])]
 
     def mark(self, an, eqn, tree_outputs):
         return None
 
     def demand(self, an, eqn, need):
         site = eqn.params["site"]
-        if site.has_baseline or site.name in INJECTED_BASELINES.get():
-            need |= an.subs.get(eqn.uid, EMPTY)
+        if site.has_baseline or site.name in an.options.baselines:
+            need |= alignment.whole(an.subs.get(eqn.uid, EMPTY))
 
     def emit(self, ev, eqn):
         site = eqn.params["site"]
-        key, leaves, baseline = site.split([ev.read(r) for r in eqn.inputs])
-        leaves = [jnp.asarray(leaf) for leaf in leaves]  # literals of the jaxpr are scalars
-        branches = BRANCHES.get()
-        if branches is not None:
-            for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
-                key = primitive.fold_branch(site, key, branches.index[uid])
-        operands = [jnp.asarray(ev.read(r)) for r in eqn.inputs[1:]]
-        value = primitive.draw_or_planted(site, [key, *operands])
-        if VALIDATE.get():
+        _, leaf_refs, baseline_ref = site.split(list(eqn.inputs))
+        leaves = [jnp.asarray(ev.read(r)) for r in leaf_refs]  # the jaxpr's literals are scalars
+        baseline = None if baseline_ref is None else ev.read(baseline_ref)
+        out = eqn.outputs[0]
+        branches = ev.branches
+        if out in ev.given_values:  # drawn in a fissioned loop (loops.py): not drawn again
+            key, value = None, ev.env[out]
+        else:
+            key = ev.read(eqn.inputs[0])
+            if branches is not None:
+                for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
+                    key = primitive.fold_branch(site, key, branches.index[uid])
+            operands = [jnp.asarray(ev.read(r)) for r in eqn.inputs[1:]]
+            value = primitive.draw_or_planted(site, [key, *operands])
+        if ev.options.validate and ev.log_probs:
             _check_site_at_runtime(site, value, leaves)
         atom = ("site", eqn.uid)
         estimator = site.resolved_estimator(value.dtype)
@@ -529,27 +656,34 @@ class SampleRule(Rule):
             index = branches.index[eqn.uid]
             estimator = site.estimator_from([ev.read(r) for r in eqn.inputs])
             value, weight = primitive.branch_draw(site, estimator, key, leaves, index)
-            branches.weights[eqn.uid] = weight.astype(_tau_dtype())
+            branches.weights[eqn.uid] = weight.astype(tau_dtype())
             if estimator.centred_branches:
-                centred = jnp.asarray(estimator.centred_branches, _tau_dtype())[index]
+                centred = jnp.asarray(estimator.centred_branches, tau_dtype())[index]
                 branches.centred[eqn.uid] = centred
         elif isinstance(estimator, estimators.Relaxation):
             value = primitive.relaxed_draw(site, estimator, key, leaves)
         elif estimator == primitive.SCORE_FUNCTION:
             value = lax.stop_gradient(value)
-            baseline = _baseline_for(site, baseline)
-            if atom in ev.analysis.needed or baseline is not None:
-                log_probs = primitive.log_prob(site, value, leaves).astype(_tau_dtype())
-                offset = LOG_PROB_OFFSETS.get().get(site.name)
-                if offset is not None:
-                    log_probs = log_probs + offset
-                if FIT_BASELINES.get() and site.has_baseline:
-                    b = primitive.broadcast_baseline(site, baseline, log_probs)
-                    log_probs = log_probs + (b - lax.stop_gradient(b))
-                ev.lp_elems[atom] = log_probs
-            if baseline is not None:
+            baseline = _baseline_for(site, baseline, ev.options)
+            wanted = atom in ev.analysis.needed or baseline is not None
+            if ev.log_probs and wanted and atom not in ev.lp_elems:
+                ev.lp_elems[atom] = _site_log_probs(ev.options, site, value, leaves, baseline)
+            if ev.costs and baseline is not None:
+                log_probs = ev.lp_elems[atom]
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
+
+
+def _site_log_probs(options: Options, site, value, leaves, baseline):
+    """The site's elementwise log-probabilities, with what the options add to them."""
+    log_probs = primitive.log_prob(site, value, leaves).astype(tau_dtype())
+    offset = options.log_prob_offsets.get(site.name)
+    if offset is not None:
+        log_probs = log_probs + offset
+    if options.fit_baselines and site.has_baseline:
+        b = primitive.broadcast_baseline(site, baseline, log_probs)
+        log_probs = log_probs + (b - lax.stop_gradient(b))
+    return log_probs
 
 
 def _parameter_alignment(site, leaf_index: int, shape, log_prob_shape, influence):
@@ -602,7 +736,7 @@ def _log_prob_shape(an: Analysis, eqn: Eqn) -> tuple:
 
 
 def _baseline_term(ev, eqn, site, log_probs, baseline):
-    """Mao et al. (2019): Σ_i ⊡(ancestors) (1 − ⊡(log p(x_i))) b_i; zero in value.
+    """Mao et al. (2019): Σ_i ⊡(ancestors of i) (1 − ⊡(log p(x_i))) b_i; zero in value.
 
     Its derivatives subtract b_i from the cost that multiplies element i's score, at every
     order, with the ancestors' box keeping higher-order terms low-variance.
@@ -624,35 +758,14 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
                 )
             ) from None
     own = 1.0 - magic_box(log_probs)
-    term = jnp.sum(own * b).astype(_tau_dtype())
     ancestors = ev.analysis.subs[eqn.uid]
-    return term * ev.box(ancestors) if ancestors or BRANCHES.get() is not None else term
+    if ancestors or ev.branches is not None:  # element i gets its own ancestors' box
+        own = own * ev.box(ancestors, jnp.shape(log_probs)).astype(own.dtype)
+    return jnp.sum(own * b).astype(tau_dtype())
 
 
-VALIDATE: contextvars.ContextVar = contextvars.ContextVar("jax_scg_validate", default=False)
-# The current branches of the branching sites while a branched evaluation runs (else None).
-BRANCHES: contextvars.ContextVar = contextvars.ContextVar("jax_scg_branches", default=None)
-# Set by scg.grad when it is itself being reverse-differentiated (grad of grad).
-REVERSE_OVER_REVERSE: contextvars.ContextVar = contextvars.ContextVar(
-    "jax_scg_reverse_over_reverse", default=False
-)
-# Baselines given by site name from outside the program (leave-one-out, moving averages).
-INJECTED_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
-    "jax_scg_baselines", default=types.MappingProxyType({})
-)
-# When set, every site's baseline b enters its own log-probability as b - stop_gradient(b), so
-# that d surrogate / d b = downstream cost - b: the negated gradient of the critic's squared error.
-FIT_BASELINES: contextvars.ContextVar = contextvars.ContextVar(
-    "jax_scg_fit_baselines", default=False
-)
-# Zero offsets added to named sites' log-probabilities; d surrogate / d offset = downstream cost.
-LOG_PROB_OFFSETS: contextvars.ContextVar = contextvars.ContextVar(
-    "jax_scg_offsets", default=types.MappingProxyType({})
-)
-
-
-def _baseline_for(site, given):
-    injected = INJECTED_BASELINES.get().get(site.name) if site.name is not None else None
+def _baseline_for(site, given, options: Options):
+    injected = options.baselines.get(site.name) if site.name is not None else None
     if injected is not None and site.has_baseline:
         raise SiteError(
             site_message(
@@ -686,372 +799,8 @@ def _check_site_at_runtime(site, value, leaves):
     )
 
 
-def _outer_log_probs(ev: Evaluation, info) -> dict:
-    """The parent's log-probabilities that a body needs, under the body's names for them."""
-    return {("outer", a): ev.lp_elems[a] for a in info.outer_atoms if a in ev.lp_elems}
-
-
-@dataclasses.dataclass
-class _BodyInfo:
-    analyses: list  # one Analysis per sub-program (branches, or [body])
-    exported: list = dataclasses.field(default_factory=list)  # (branch index, inner atom)
-    outer_atoms: list = dataclasses.field(default_factory=list)
-    cum_atoms: list = dataclasses.field(default_factory=list)  # while loops
-
-
-class _SubprogramRule(Rule):
-    """Shared logic for control flow whose sub-programs run once per call (cond, checkpoint)."""
-
-    def branches(self, eqn):
-        return eqn.subs
-
-    def operands(self, eqn, in_influence):
-        return in_influence
-
-    def influence(self, an, eqn, in_influence):
-        ops = [_enter(s) for s in self.operands(eqn, in_influence)]
-        analyses = [Analysis(sub, ops, an.depth + 1) for sub in self.branches(eqn)]
-        an.subs[eqn.uid] = _BodyInfo(analyses)
-        control = _union(in_influence[: len(in_influence) - len(ops)])
-        for b, body_an in enumerate(analyses):
-            for a in body_an.local_atoms:
-                an.local_atoms.append(("sub", eqn.uid, (b, a)))
-                an.lp_shapes[("sub", eqn.uid, (b, a))] = body_an.lp_shapes[a]
-        return [
-            alignment.whole(control)
-            | _union(
-                _to_parent(a.of(a.scope.outputs[i]), eqn.uid, b) for b, a in enumerate(analyses)
-            )
-            for i in range(len(eqn.outputs))
-        ]
-
-    def mark(self, an, eqn, tree_outputs):
-        return None
-
-    def demand(self, an, eqn, need):
-        info = an.subs[eqn.uid]
-        info.exported = []
-        outer = set()
-        for b, body_an in enumerate(info.analyses):
-            wanted = [a for a in body_an.local_atoms if ("sub", eqn.uid, (b, a)) in need]
-            info.exported += [(b, a) for a in wanted]
-            outer |= {a[1] for a in body_an.demand(wanted) if a[0] == "outer"}
-        info.outer_atoms = sorted(outer, key=repr)
-        need |= outer
-
-    def needs_rewrite(self, eqn):
-        return any(sub.first_site_label() is not None for sub in eqn.subs)
-
-    def run_branch(self, ev, eqn, b, operands):
-        """Evaluates branch ``b``; returns its outputs and its exported log-probabilities."""
-        info = ev.analysis.subs[eqn.uid]
-        bev = Evaluation(info.analyses[b], operands, given_log_probs=_outer_log_probs(ev, info))
-        lps = [
-            bev.lp_elems[a] if bb == b else jnp.zeros(info.analyses[bb].lp_shapes[a], _tau_dtype())
-            for bb, a in info.exported
-        ]
-        return bev.outputs(), lps, bev.baseline_total()
-
-    def record_lps(self, ev, eqn, lps, baseline_total):
-        for (b, a), lp in zip(ev.analysis.subs[eqn.uid].exported, lps):
-            ev.lp_elems[("sub", eqn.uid, (b, a))] = lp
-        if any(sub.has_baselines() for sub in eqn.subs):
-            ev.baseline_terms.append(baseline_total)
-
-
-class CondRule(_SubprogramRule):
-    def operands(self, eqn, in_influence):
-        return in_influence[1:]
-
-    def emit(self, ev, eqn):
-        if not self.needs_rewrite(eqn):
-            return super().emit(ev, eqn)
-        index, *ops = [ev.read(r) for r in eqn.inputs]
-        axes = varying_axes_of((index, ops))
-        branches = [
-            functools.partial(
-                lambda b, *xs: vary_over(self.run_branch(ev, eqn, b, list(xs)), axes), b
-            )
-            for b in range(len(eqn.subs))
-        ]
-        outs, lps, baseline_total = lax.switch(index, branches, *ops)
-        ev.set_outputs(eqn, outs)
-        self.record_lps(ev, eqn, lps, baseline_total)
-
-
-class CheckpointRule(_SubprogramRule):
-    def emit(self, ev, eqn):
-        if not self.needs_rewrite(eqn):
-            return super().emit(ev, eqn)
-        ops = [ev.read(r) for r in eqn.inputs]
-        fn = jax.checkpoint(
-            lambda *xs: self.run_branch(ev, eqn, 0, list(xs)),
-            prevent_cse=eqn.params.get("prevent_cse", True),
-            policy=eqn.params.get("policy"),
-        )
-        outs, lps, baseline_total = fn(*ops)
-        ev.set_outputs(eqn, outs)
-        self.record_lps(ev, eqn, lps, baseline_total)
-
-
-class CustomDerivativeRule(_SubprogramRule):
-    """custom_jvp / custom_vjp functions: no sites inside; re-bound unchanged."""
-
-    def influence(self, an, eqn, in_influence):
-        Rule.influence(self, an, eqn, in_influence)  # raises if a site is inside
-        (sub,) = eqn.subs
-        if len(sub.inputs) != len(eqn.inputs):
-            return super().influence(an, eqn, in_influence)
-        # No sites inside: the call's own dataflow says which outputs depend on which inputs,
-        # alignment included (e.g. jax.nn.relu keeps per-element credit).
-        inner = Analysis(sub, in_influence)
-        an.subs[eqn.uid] = _BodyInfo([])
-        return [inner.of(r) for r in sub.outputs]
-
-    def emit(self, ev, eqn):
-        Rule.emit(self, ev, eqn)
-
-
-class WhileRule(Rule):
-    """while_loop: per-element credit through the carry; forward-mode derivatives only.
-
-    A while loop has no per-iteration outputs, so every cost after it gets the total of the
-    log-probabilities of the iterations (per element where the carry keeps alignment), plus
-    whatever decides the trip count.
-    """
-
-    def influence(self, an, eqn, in_influence):
-        cond_scope, body_scope = eqn.subs
-        label = cond_scope.first_site_label()
-        if label is not None:
-            raise SiteError(
-                site_message(
-                    label,
-                    "the site is inside a while_loop's cond_fun.",
-                    "sample in the loop body (carry the value) or outside the loop.",
-                )
-            )
-        p = eqn.params
-        n_cond, n_body = p["cond_nconsts"], p["body_nconsts"]
-        ins = [_enter(s) for s in in_influence]
-        cond_consts, body_consts = ins[:n_cond], ins[n_cond : n_cond + n_body]
-        body_an, carry = _carry_fixed_point(
-            body_scope, body_consts, ins[n_cond + n_body :], [], an.depth + 1
-        )
-        cond_an = Analysis(cond_scope, cond_consts + carry, an.depth + 1)
-        trip_count = alignment.whole(cond_an.of(cond_scope.outputs[0]))
-        an.subs[eqn.uid] = _BodyInfo([body_an])
-        _export_loop_atoms(an, eqn.uid, body_an)
-        return [_to_parent(c | trip_count, eqn.uid) for c in carry]
-
-    def mark(self, an, eqn, tree_outputs):
-        return None
-
-    def demand(self, an, eqn, need):
-        info = an.subs[eqn.uid]
-        body_an = info.analyses[0]
-        info.exported = [a for a in body_an.local_atoms if ("sub", eqn.uid, a) in need]
-        supplied = body_an.demand(info.exported)
-        cum = set(info.exported) | {a[1] for a in supplied if a[0] == "cum"}
-        info.cum_atoms = [a for a in body_an.local_atoms if a in cum]
-        info.outer_atoms = sorted({a[1] for a in supplied if a[0] == "outer"}, key=repr)
-        need |= set(info.outer_atoms)
-
-    def emit(self, ev, eqn):
-        cond_scope, body_scope = eqn.subs
-        label = body_scope.first_site_label()
-        if label is None:
-            return super().emit(ev, eqn)
-        info = ev.analysis.subs[eqn.uid]
-        body_an = info.analyses[0]
-        p = eqn.params
-        invals = [ev.read(r) for r in eqn.inputs]
-        cond_consts = invals[: p["cond_nconsts"]]
-        body_consts = invals[p["cond_nconsts"] : p["cond_nconsts"] + p["body_nconsts"]]
-        init = invals[p["cond_nconsts"] + p["body_nconsts"] :]
-        cond_an = Analysis(cond_scope, [EMPTY] * len(cond_scope.inputs))
-        outer = _outer_log_probs(ev, info)
-
-        def cond_fn(carry):
-            return Evaluation(cond_an, cond_consts + list(carry[0])).outputs()[0]
-
-        def body_fn(carry):
-            values, cums, baseline_total = carry
-            given = dict(outer)
-            given.update({("cum", a): c for a, c in zip(info.cum_atoms, cums)})
-            bev = Evaluation(body_an, body_consts + list(values), given_log_probs=given)
-            cums = [c + bev.lp_elems[a] for a, c in zip(info.cum_atoms, cums)]
-            return bev.outputs(), cums, baseline_total + bev.baseline_total()
-
-        zero = jnp.zeros((), _tau_dtype())
-        cum_init = [jnp.zeros(body_an.lp_shapes[a], _tau_dtype()) for a in info.cum_atoms]
-        carry_init = (init, cum_init, zero)
-        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init, outer)))
-        outs, cums, baseline_total = lax.while_loop(cond_fn, body_fn, carry_init)
-        guard = lambda x: primitive.reverse_guard_p.bind(x, label=label)  # noqa: E731
-        ev.set_outputs(eqn, [guard(x) for x in outs])
-        for a, total in zip(info.cum_atoms, cums):
-            ev.lp_elems[("sub", eqn.uid, a)] = guard(total)
-        if body_scope.has_baselines():
-            ev.baseline_terms.append(guard(baseline_total))
-
-
-def _carry_fixed_point(body: Scope, consts, init, xs, depth):
-    """Analyses a loop body until the carries' influence stops growing.
-
-    Returns the body's analysis and the carries' influence as the body sees it: the initial
-    values' plus, through the carry, the earlier iterations' (``("cum", atom)``), with
-    alignment kept where every iteration keeps it.
-    """
-    carry, nk = list(init), len(init)
-    fallbacks = [EMPTY] * nk  # fallbacks reaching the carry in earlier iterations
-    while True:
-        body_an = Analysis(
-            body,
-            list(consts) + carry + list(xs),
-            depth,
-            [EMPTY] * len(consts) + fallbacks + [EMPTY] * len(xs),
-        )
-        outs = body.outputs[:nk]
-        grown = [_union([c, _next_iteration(body_an.of(r))]) for c, r in zip(carry, outs)]
-        more = [f | body_an.fallbacks_of(r) for f, r in zip(fallbacks, outs)]
-        if grown == carry and more == fallbacks:
-            return body_an, carry
-        carry, fallbacks = grown, more
-
-
-def _export_loop_atoms(an: Analysis, uid: int, body_an: Analysis):
-    """A loop's sites appear in the parent as totals over the iterations, ``("sub", uid, a)``."""
-    for a in body_an.local_atoms:
-        an.local_atoms.append(("sub", uid, a))
-        an.lp_shapes[("sub", uid, a)] = body_an.lp_shapes[a]
-
-
-@dataclasses.dataclass
-class _ScanInfo:
-    body: Analysis
-    tree_carries: list = dataclasses.field(default_factory=list)
-    tree_ys: list = dataclasses.field(default_factory=list)
-    cum_atoms: list = dataclasses.field(default_factory=list)
-    outer_atoms: list = dataclasses.field(default_factory=list)
-
-
-class ScanRule(Rule):
-    """lax.scan (and fori_loop with static bounds): per-iteration credit.
-
-    A body atom reaches later iterations only through the carry; its sum over earlier
-    iterations is carried as ``("cum", atom)``. Stacked outputs and carries that are in the
-    cost tree get a surrogate computed in the body, so each iteration's cost is multiplied
-    only by the log-probabilities of the site instances that reach it (reward-to-go).
-    """
-
-    def influence(self, an, eqn, in_influence):
-        nc, nk = scan_counts(eqn.params)
-        body = eqn.subs[0]
-        consts = [_enter(s) for s in in_influence[:nc]]
-        init = [_enter(s) for s in in_influence[nc : nc + nk]]
-        xs = [_enter(s, stacked=True) for s in in_influence[nc + nk :]]
-        body_an, _ = _carry_fixed_point(body, consts, init, xs, an.depth + 1)
-        an.subs[eqn.uid] = _ScanInfo(body_an)
-        _export_loop_atoms(an, eqn.uid, body_an)
-        return [
-            _to_parent(body_an.of(r), eqn.uid, stacked=i >= nk) for i, r in enumerate(body.outputs)
-        ]
-
-    def mark(self, an, eqn, tree_outputs):
-        p = eqn.params
-        nc, nk = scan_counts(p)
-        info: _ScanInfo = an.subs[eqn.uid]
-        body = info.body.scope
-        carries = {i for i in tree_outputs if i < nk}
-        ys = sorted(i - nk for i in tree_outputs if i >= nk)
-        while True:
-            roots = sorted(carries) + [nk + j for j in ys]
-            provided = {body.inputs[nc + j] for j in carries}
-            info.body.mark_costs(roots, provided)
-            reached = {j for j in range(nk) if body.inputs[nc + j] in info.body.tree}
-            if reached <= carries:
-                break
-            carries |= reached
-        info.tree_carries, info.tree_ys = sorted(carries), ys
-        an.tree.update(eqn.outputs[j] for j in carries)
-        return tuple(nc + j for j in carries)
-
-    def demand(self, an, eqn, need):
-        info: _ScanInfo = an.subs[eqn.uid]
-        wanted = [a for a in info.body.local_atoms if ("sub", eqn.uid, a) in need]
-        supplied = info.body.demand(wanted)
-        cum = set(wanted) | {a[1] for a in supplied if a[0] == "cum"}
-        info.cum_atoms = [a for a in info.body.local_atoms if a in cum]
-        info.outer_atoms = sorted({a[1] for a in supplied if a[0] == "outer"}, key=repr)
-        need |= set(info.outer_atoms)
-
-    def emit(self, ev, eqn):
-        info: _ScanInfo = ev.analysis.subs[eqn.uid]
-        body = info.body.scope
-        rewrite = (
-            body.first_site_label() is not None
-            or info.tree_carries
-            or info.tree_ys
-            or info.outer_atoms
-        )
-        if not rewrite:
-            return super().emit(ev, eqn)
-        p = eqn.params
-        nc, nk = scan_counts(p)
-        invals = [ev.read(r) for r in eqn.inputs]
-        consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
-        s_init = [ev.surrogate(eqn.inputs[nc + j]) for j in info.tree_carries]
-        cum_init = [jnp.zeros(info.body.lp_shapes[a], _tau_dtype()) for a in info.cum_atoms]
-        outer_lps = _outer_log_probs(ev, info)
-
-        def body_fn(carry, x):
-            values, s_values, cums, baseline_total = carry
-            given = dict(outer_lps)
-            given.update({("cum", a): c for a, c in zip(info.cum_atoms, cums)})
-            provided = {body.inputs[nc + j]: s for j, s in zip(info.tree_carries, s_values)}
-            bev = Evaluation(info.body, consts + list(values) + list(x), provided, given)
-            outs = bev.outputs()
-            new_s = [bev.surrogate(body.outputs[j]) for j in info.tree_carries]
-            s_ys = [bev.surrogate(body.outputs[nk + j]) for j in info.tree_ys]
-            new_cums = [c + bev.lp_elems[a] for a, c in zip(info.cum_atoms, cums)]
-            baseline_total = baseline_total + bev.baseline_total()
-            return (outs[:nk], new_s, new_cums, baseline_total), (outs[nk:], s_ys)
-
-        carry_init = (init, s_init, cum_init, jnp.zeros((), _tau_dtype()))
-        carry_init = vary_over(carry_init, varying_axes_of((invals, carry_init, outer_lps)))
-        (final, s_final, totals, baseline_total), (ys, s_ys) = lax.scan(
-            body_fn,
-            carry_init,
-            xs,
-            length=p["length"],
-            reverse=p["reverse"],
-            unroll=p["unroll"],
-        )
-        ev.set_outputs(eqn, list(final) + list(ys))
-        ev.surrogates.update((eqn.outputs[j], s) for j, s in zip(info.tree_carries, s_final))
-        ev.surrogates.update((eqn.outputs[nk + j], s) for j, s in zip(info.tree_ys, s_ys))
-        for a, total in zip(info.cum_atoms, totals):
-            ev.lp_elems[("sub", eqn.uid, a)] = total
-        if body.has_baselines():
-            ev.baseline_terms.append(baseline_total)
-
-
 _DEFAULT = Rule()
-_CUSTOM = CustomDerivativeRule()
-_CHECKPOINT = CheckpointRule()
-RULES = {
-    primitive.sample_p.name: SampleRule(),
-    "scan": ScanRule(),
-    "cond": CondRule(),
-    "while": WhileRule(),
-    "checkpoint": _CHECKPOINT,
-    "remat2": _CHECKPOINT,
-    "remat": _CHECKPOINT,
-    "custom_jvp_call": _CUSTOM,
-    "custom_vjp_call": _CUSTOM,
-    "custom_vjp_call_jaxpr": _CUSTOM,
-}
+RULES: dict = {primitive.sample_p.name: SampleRule()}  # control_flow.py and loops.py add theirs
 
 
 def rule_for(eqn: Eqn) -> Rule:
@@ -1082,23 +831,17 @@ def site_credit(analysis: Analysis) -> dict:
     sites that reach a cost: ``"per element"`` where every cost node gets the score of the
     elements it depends on, ``"whole site"`` where some cost node gets the whole site's."""
     shapes = {site_uid(a): shape for a, shape in analysis.lp_shapes.items()}
-    seen: dict = {}
-
-    def visit(an: Analysis):
+    plain_somewhere: dict = {}
+    for an in analysis.cost_scopes():
         for leaf in an.leaves():
             for entry in an.of(leaf):
                 uid = site_uid(alignment.base(entry))
                 plain = entry[0] != alignment.ELEM
-                seen[uid] = seen.get(uid, False) or plain
-        for info in an.subs.values():
-            if isinstance(info, _ScanInfo) and (info.tree_carries or info.tree_ys):
-                visit(info.body)
-
-    visit(analysis)
+                plain_somewhere[uid] = plain_somewhere.get(uid, False) or plain
     fallbacks = analysis.credit_fallbacks()
     return {
         uid: ("whole site" if plain else "per element", fallbacks.get(uid))
-        for uid, plain in seen.items()
+        for uid, plain in plain_somewhere.items()
         if shapes.get(uid, ())
     }
 
@@ -1136,7 +879,7 @@ def named_score_sites(scope: Scope) -> dict:
     return out
 
 
-def evaluate_surrogate(scope: Scope, flat_args, with_baselines: bool = True):
+def evaluate_surrogate(scope: Scope, flat_args, options: Options, with_baselines: bool = True):
     """Runs ``scope`` with a surrogate for output 0; returns (surrogate, all outputs).
 
     With branching sites (``estimators.Branching``), the program runs once per combination of
@@ -1145,21 +888,17 @@ def evaluate_surrogate(scope: Scope, flat_args, with_baselines: bool = True):
     other outputs are those of the first combination.
     """
     check_site_names(scope)
-    analysis = Analysis(scope, [EMPTY] * len(scope.inputs))
+    analysis = Analysis(scope, [EMPTY] * len(scope.inputs), options)
     analysis.mark_costs([0])
     analysis.demand()
     warn_credit_fallbacks(scope, analysis)
 
     def run(branches=None):
-        token = BRANCHES.set(branches)
-        try:
-            ev = Evaluation(analysis, flat_args)
-            objective = ev.surrogate(scope.outputs[0])
-            if ev.baseline_terms and with_baselines:
-                objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
-            return objective, ev.outputs()
-        finally:
-            BRANCHES.reset(token)
+        ev = Evaluation(analysis, flat_args, branches=branches)
+        objective = ev.surrogate(scope.outputs[0])
+        if ev.baseline_terms and with_baselines:
+            objective = objective + ev.baseline_total().astype(jnp.result_type(objective))
+        return objective, ev.outputs()
 
     branching = _branching_sites(analysis)
     if not branching:
@@ -1227,7 +966,7 @@ class _Branches:
 
     def factor(self, entries, shape):
         """The product of the weights (and indicators) for a cost of ``shape``."""
-        factor = jnp.ones((), _tau_dtype())
+        factor = jnp.ones((), tau_dtype())
         present = set()
         for entry in sorted(entries, key=repr):
             uid = self.uid_of(entry)
@@ -1257,3 +996,8 @@ class _Branches:
             if uid not in present:
                 factor = factor * (index == 0).astype(factor.dtype)
         return factor
+
+
+# The rules of control flow register themselves in RULES.
+from jax_scg._src import control_flow as _control_flow  # noqa: E402, F401
+from jax_scg._src import loops as _loops  # noqa: E402, F401

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,18 @@ from jax_scg._src.jaxpr import scope_from_jaxpr
 
 def _function_name(fn) -> str:
     return getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+
+
+def _trace(fn, args, kwargs):
+    """``fn``'s program over its positional arguments: ``(scope, output shape, flat args)``.
+
+    Keyword arguments are fixed, not traced, as ``jax.grad`` passes them through without
+    differentiating them (they may be Python values such as sizes or flags).
+    """
+    traced = functools.partial(fn, **kwargs) if kwargs else fn
+    closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*args)
+    scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+    return scope, out_shape, jax.tree_util.tree_leaves(args)
 
 
 def _check_objective(fn, shape):
@@ -34,8 +48,13 @@ def _check_objective(fn, shape):
         )
 
 
+def _options(validate, baselines, fission, **more) -> interpreter.Options:
+    names = types.MappingProxyType(dict(baselines or {}))
+    return interpreter.Options(validate=validate, baselines=names, fission=fission, **more)
+
+
 def surrogate(
-    fn, *, has_aux: bool = False, validate: bool = False, baselines=None, _fit_baselines=False
+    fn, *, has_aux: bool = False, validate: bool = False, baselines=None, fission: bool = True
 ):
     """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
 
@@ -61,6 +80,12 @@ def surrogate(
         call ``err.throw()``; eagerly, a failed check raises at once.
       baselines: optional ``{site name: baseline}`` for named score-function sites, used as
         if passed to ``sample(..., baseline=...)`` (see ``jax_scg.baselines``).
+      fission: split ``lax.scan`` loops whose carries carry no derivative (rollouts whose
+        dynamics do not depend on the parameters) so that log-probabilities, baselines,
+        costs and magic boxes are computed after the loop, vectorised over iterations:
+        derivatives of any order then need no backward pass through the loop. Values and
+        derivatives are the same either way (up to float rounding); ``False`` keeps every
+        loop as written (see the README's "Loops" section).
 
     Returns:
       A function with the same signature returning the surrogate (and ``aux``).
@@ -76,9 +101,15 @@ def surrogate(
       True
     """
 
+    return _surrogate(fn, has_aux, _options(validate, baselines, fission))
+
+
+def _surrogate(fn, has_aux: bool, options: interpreter.Options):
+    """``surrogate`` for a given ``interpreter.Options`` value."""
+
     @functools.wraps(fn)
     def surrogate_fn(*args, **kwargs):
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+        scope, out_shape, flat_args = _trace(fn, args, kwargs)
         if has_aux:
             if not (isinstance(out_shape, (tuple, list)) and len(out_shape) == 2):
                 raise TypeError(
@@ -88,26 +119,16 @@ def surrogate(
             _check_objective(fn, out_shape[0])
         else:
             _check_objective(fn, out_shape)
-        scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
-        if _fit_baselines and not scope.has_baselines():
+        if options.fit_baselines and not scope.has_baselines():
             raise ValueError(
                 f"jax_scg: critic_argnums was given for {_function_name(fn)}, but none of its "
                 "sample calls has a baseline= to fit.\n  What to do: pass baseline=V(state) "
                 "computed from the critic's parameters to the sites it should serve, or drop "
                 "critic_argnums."
             )
-        if baselines:
-            _check_baseline_names(fn, scope, baselines)
-        flat_args = jax.tree_util.tree_leaves((args, kwargs))
-        validate_token = interpreter.VALIDATE.set(validate)
-        baselines_token = interpreter.INJECTED_BASELINES.set(dict(baselines or {}))
-        fit_token = interpreter.FIT_BASELINES.set(_fit_baselines)
-        try:
-            objective, outputs = interpreter.evaluate_surrogate(scope, flat_args)
-        finally:
-            interpreter.FIT_BASELINES.reset(fit_token)
-            interpreter.INJECTED_BASELINES.reset(baselines_token)
-            interpreter.VALIDATE.reset(validate_token)
+        if options.baselines:
+            _check_baseline_names(fn, scope, options.baselines)
+        objective, outputs = interpreter.evaluate_surrogate(scope, flat_args, options)
         if not has_aux:
             return objective
         aux_tree = jax.tree_util.tree_structure(out_shape[1])
@@ -137,10 +158,11 @@ def grad(
     validate: bool = False,
     baselines=None,
     critic_argnums=None,
+    fission: bool = True,
 ):
     """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
 
-    ``validate`` and ``baselines`` are as in ``surrogate``.
+    ``validate``, ``baselines`` and ``fission`` are as in ``surrogate``.
 
     Args:
       fn: as in ``surrogate``.
@@ -148,6 +170,7 @@ def grad(
       has_aux: as in ``jax.grad``.
       validate: as in ``surrogate``.
       baselines: as in ``surrogate``.
+      fission: as in ``surrogate``.
       critic_argnums: optional positional argument(s) holding a learned baseline's (a
         critic's) parameters, used by ``sample(..., baseline=V(params, state))`` calls. Then
         the result is a pair ``(gradient, critic_gradient)``: ``gradient`` is the usual
@@ -184,6 +207,7 @@ def grad(
             validate=validate,
             baselines=baselines,
             critic_argnums=critic_argnums,
+            fission=fission,
         )
 
         def grads_only(*args, **kwargs):
@@ -191,8 +215,12 @@ def grad(
             return (grads, value[1]) if has_aux else grads
 
         return grads_only
-    objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
-    return _flag_reverse_over_reverse(jax.grad(objective, argnums=argnums, has_aux=has_aux))
+    options = _options(validate, baselines, fission)
+    return _at_call_time(
+        lambda opts: jax.grad(_surrogate(fn, has_aux, opts), argnums=argnums, has_aux=has_aux),
+        options,
+        fn,
+    )
 
 
 def value_and_grad(
@@ -203,12 +231,14 @@ def value_and_grad(
     validate: bool = False,
     baselines=None,
     critic_argnums=None,
+    fission: bool = True,
 ):
     """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
 
     Same conventions as ``jax.value_and_grad``; the value is ``fn``'s value on the same key.
     With ``critic_argnums`` (see ``grad``) the gradient is the pair
-    ``(gradient, critic_gradient)``.
+    ``(gradient, critic_gradient)``. ``validate``, ``baselines`` and ``fission`` are as in
+    ``surrogate``.
 
     Examples:
       >>> import jax, jax_scg as scg
@@ -218,24 +248,29 @@ def value_and_grad(
       >>> value.shape, g.shape
       ((), ())
     """
-    objective = surrogate(fn, has_aux=has_aux, validate=validate, baselines=baselines)
-    gradient = jax.value_and_grad(objective, argnums=argnums, has_aux=has_aux)
+    options = _options(validate, baselines, fission)
+
+    def gradient(opts):
+        return jax.value_and_grad(_surrogate(fn, has_aux, opts), argnums=argnums, has_aux=has_aux)
+
     if critic_argnums is None:
-        return _flag_reverse_over_reverse(gradient)
+        return _at_call_time(gradient, options, fn)
     _check_disjoint(fn, argnums, critic_argnums)
-    fit = surrogate(
-        fn, has_aux=has_aux, validate=validate, baselines=baselines, _fit_baselines=True
-    )
-    fit_gradient = jax.grad(fit, argnums=critic_argnums, has_aux=has_aux)
 
-    def with_critic(*args, **kwargs):
-        value, grads = gradient(*args, **kwargs)
-        fitted = fit_gradient(*args, **kwargs)
-        fitted = fitted[0] if has_aux else fitted
-        critic = jax.tree_util.tree_map(jnp.negative, fitted)
-        return value, (grads, critic)
+    def with_critic(opts):
+        fit = _surrogate(fn, has_aux, dataclasses.replace(opts, fit_baselines=True))
+        fit_gradient = jax.grad(fit, argnums=critic_argnums, has_aux=has_aux)
 
-    return _flag_reverse_over_reverse(with_critic)
+        def both(*args, **kwargs):
+            value, grads = gradient(opts)(*args, **kwargs)
+            fitted = fit_gradient(*args, **kwargs)
+            fitted = fitted[0] if has_aux else fitted
+            critic = jax.tree_util.tree_map(jnp.negative, fitted)
+            return value, (grads, critic)
+
+        return both
+
+    return _at_call_time(with_critic, options, fn)
 
 
 def _check_disjoint(fn, argnums, critic_argnums):
@@ -248,20 +283,18 @@ def _check_disjoint(fn, argnums, critic_argnums):
         )
 
 
-def _flag_reverse_over_reverse(gradient_fn):
-    """Lets the rewrite know when this gradient is itself reverse-differentiated."""
+def _at_call_time(make_gradient, options: interpreter.Options, fn):
+    """``make_gradient(options)`` applied to the call's arguments, with the options completed
+    by what only the call shows: whether this gradient is itself reverse-differentiated."""
 
-    @functools.wraps(gradient_fn)
-    def wrapped(*args, **kwargs):
+    @functools.wraps(fn)
+    def gradient(*args, **kwargs):
         trace = jex_core.find_top_trace(jax.tree_util.tree_leaves((args, kwargs)))
         outer_reverse = type(trace).__name__ == "LinearizeTrace"
-        token = interpreter.REVERSE_OVER_REVERSE.set(outer_reverse)
-        try:
-            return gradient_fn(*args, **kwargs)
-        finally:
-            interpreter.REVERSE_OVER_REVERSE.reset(token)
+        opts = dataclasses.replace(options, reverse_over_reverse=outer_reverse)
+        return make_gradient(opts)(*args, **kwargs)
 
-    return wrapped
+    return gradient
 
 
 def downstream_costs(fn, *, has_aux: bool = False):
@@ -287,18 +320,15 @@ def downstream_costs(fn, *, has_aux: bool = False):
     """
 
     def costs_fn(*args, **kwargs):
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+        scope, out_shape, flat_args = _trace(fn, args, kwargs)
         _check_objective(fn, out_shape[0] if has_aux else out_shape)
-        scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
-        flat_args = jax.tree_util.tree_leaves((args, kwargs))
         shapes = interpreter.named_score_sites(scope)
 
         def objective(offsets):
-            token = interpreter.LOG_PROB_OFFSETS.set(offsets)
-            try:
-                return interpreter.evaluate_surrogate(scope, flat_args, with_baselines=False)[0]
-            finally:
-                interpreter.LOG_PROB_OFFSETS.reset(token)
+            options = interpreter.Options(log_prob_offsets=offsets)
+            return interpreter.evaluate_surrogate(scope, flat_args, options, with_baselines=False)[
+                0
+            ]
 
         if not shapes:
             raise ValueError(
