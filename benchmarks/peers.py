@@ -858,6 +858,18 @@ def build_report(
 # Main
 
 
+KEPT = "<!-- The sections below are written by other benchmarks; peers.py keeps them. -->"
+
+
+def kept_sections(path: str) -> str:
+    """The part of an existing report from the ``KEPT`` marker on (other benchmarks' results)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        old = f.read()
+    return "\n" + old[old.index(KEPT) :] if KEPT in old else ""
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
@@ -924,6 +936,7 @@ def main(argv=None) -> int:
     text, rows, points = build_report(args.quick, cfg, results, jax_points, torch)
     for path in write_plots(rows, points, plots):
         print(f"wrote {path}", flush=True)
+    text += kept_sections(out)
     with open(out, "w") as f:
         f.write(text)
     print(text, flush=True)

@@ -297,18 +297,14 @@ class IPDEpisodes(NamedTuple):
 
 
 def ipd_table(table, states):
-    """``table[states]`` for a table of the five states, written as ``one_hot(states) @ table``.
-
-    ``jax_scg`` follows a matrix product row by row, so each episode's actions keep the
-    credit of their own episode's rewards.
+    """``table[states]``: a per-state table (logits, values) looked up for every episode.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> ipd_table(jnp.arange(5.0), jnp.array([0, 4, 2])).tolist()
       [0.0, 4.0, 2.0]
     """
-    table = jnp.asarray(table)
-    return jax.nn.one_hot(states, IPD_STATES, dtype=table.dtype) @ table
+    return jnp.asarray(table)[states]
 
 
 def ipd_rewards(actions1, actions2):
@@ -533,7 +529,6 @@ def lola_dice_grad(
     batch,
     gamma=IPD_GAMMA,
     values=None,
-    vmap_inner=False,
 ):
     """Agent 1's LOLA-DiCE gradient: an estimate of ``d/dθ1 E[R1](θ1, θ2'(θ1))``.
 
@@ -564,15 +559,6 @@ def lola_dice_grad(
       gamma: the discount.
       values: optional ``(values1, values2)``, each agent's state values, used as baselines
         (agent 2's in the look-ahead, agent 1's in the outer objective); either may be None.
-      vmap_inner: estimate each look-ahead step as the mean of ``batch`` single-episode
-        estimates, ``jax.vmap(scg.grad(...))`` over episodes, rather than with one
-        ``scg.grad`` of the batch's objective. Without a baseline the two are the same
-        estimator (on different draws). With one, the per-episode form keeps every
-        episode's baseline term to itself at second order too; in one batched site
-        ``jax_scg`` boxes the earlier rounds of every episode in the baseline term, which
-        leaves first derivatives alone but raises the variance of the mixed second
-        derivative that the look-ahead differentiates (``notebooks/06_lola_dice.ipynb``
-        measures both).
 
     Returns:
       An array like ``theta1``.
@@ -585,21 +571,10 @@ def lola_dice_grad(
     """
     values1, values2 = (None, None) if values is None else values
     common = dict(steps=steps, batch=batch, gamma=gamma)
-    if vmap_inner:
-        one = scg.grad(
-            lambda t1, t2, k: ipd_objective(
-                t1, t2, k, agent=2, values=values2, steps=steps, batch=1, gamma=gamma
-            ),
-            argnums=1,
-        )
-        inner = lambda t1, t2, k: jnp.mean(  # noqa: E731
-            jax.vmap(one, in_axes=(None, None, 0))(t1, t2, jax.random.split(k, batch)), axis=0
-        )
-    else:
-        inner = scg.grad(
-            lambda t1, t2, k: ipd_objective(t1, t2, k, agent=2, values=values2, **common),
-            argnums=1,
-        )
+    inner = scg.grad(
+        lambda t1, t2, k: ipd_objective(t1, t2, k, agent=2, values=values2, **common),
+        argnums=1,
+    )
 
     def outer(t1, key):
         keys = jax.random.split(key, lookaheads + 1)

@@ -18,7 +18,7 @@ from jax import lax
 
 ELEM = "elem"
 
-_ELEMENTWISE = frozenset(
+ELEMENTWISE = _ELEMENTWISE = frozenset(
     """abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp copy copy_p
     convert_element_type cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt
     integer_pow is_finite le lgamma log log1p logistic lt max min mul ne neg nextafter not or

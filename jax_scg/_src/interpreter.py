@@ -342,6 +342,8 @@ class Evaluation:
       eqns: the uids of the equations to run (None: all).
       costs: compute surrogates and baseline terms (else values and log-probabilities only).
       log_probs: compute the sites' log-probabilities (else only draw).
+      running_sums: ``(entries, entry)`` pairs: wherever a box has all of ``entries``, it
+        uses ``entry`` (a given log-probability, their sum) instead.
     """
 
     def __init__(
@@ -356,12 +358,14 @@ class Evaluation:
         eqns=None,
         costs: bool = True,
         log_probs: bool = True,
+        running_sums=(),
     ):
         self.analysis = analysis
         self.options = analysis.options
         self.branches = branches
         self.costs = costs
         self.log_probs = log_probs
+        self.running_sums = tuple(running_sums)
         self.env = dict(zip(analysis.scope.inputs, invals))
         self.given_values = frozenset(values or ())
         self.env.update(values or {})
@@ -418,7 +422,7 @@ class Evaluation:
         """
         branches = self.branches
         branch_entries = () if branches is None else branches.entries(atoms)
-        atoms = atoms.difference(branch_entries)
+        atoms = self._running_sums(atoms.difference(branch_entries))
         plain = frozenset(a for a in atoms if a[0] != alignment.ELEM)
         aligned = sorted((a for a in atoms if a[0] == alignment.ELEM), key=repr)
         cache_key = (atoms, frozenset(branch_entries), tuple(shape))
@@ -431,6 +435,18 @@ class Evaluation:
                 box = box * branches.factor(branch_entries, shape)
             self._boxes[cache_key] = box
         return self._boxes[cache_key]
+
+    def _running_sums(self, atoms: frozenset) -> frozenset:
+        """Replaces groups of entries by the one entry standing for their sum, where given.
+
+        After a fissioned loop (``loops.py``) the sums over iterations of several sites'
+        log-probabilities that costs use together come as one cumulative sum each: one
+        ``cumsum`` per group, as a hand-written surrogate sums the sites first.
+        """
+        for entries, replacement in self.running_sums:
+            if entries <= atoms:
+                atoms = (atoms - entries) | {replacement}
+        return atoms
 
     def tau(self, atoms: frozenset):
         """Sum of the atoms' log-probabilities, reusing the largest recent sum of a subset.
@@ -636,7 +652,9 @@ class SampleRule(Rule):
         site = eqn.params["site"]
         _, leaf_refs, baseline_ref = site.split(list(eqn.inputs))
         leaves = [jnp.asarray(ev.read(r)) for r in leaf_refs]  # the jaxpr's literals are scalars
-        baseline = None if baseline_ref is None else ev.read(baseline_ref)
+        # A fissioned loop draws without computing baselines (they are used after it).
+        wants_baseline = baseline_ref is not None and (ev.log_probs or ev.costs)
+        baseline = ev.read(baseline_ref) if wants_baseline else None
         out = eqn.outputs[0]
         branches = ev.branches
         if out in ev.given_values:  # drawn in a fissioned loop (loops.py): not drawn again
@@ -646,7 +664,12 @@ class SampleRule(Rule):
             if branches is not None:
                 for uid in branches.uids_in(ev.analysis.subs[eqn.uid]):
                     key = primitive.fold_branch(site, key, branches.index[uid])
-            operands = [jnp.asarray(ev.read(r)) for r in eqn.inputs[1:]]
+            skipped = 1 + site.treedef.num_leaves if baseline_ref is not None else -1
+            operands = [
+                None if i == skipped and not wants_baseline else jnp.asarray(ev.read(r))
+                for i, r in enumerate(eqn.inputs)
+                if i > 0
+            ]
             value = primitive.draw_or_planted(site, [key, *operands])
         if ev.options.validate and ev.log_probs:
             _check_site_at_runtime(site, value, leaves)

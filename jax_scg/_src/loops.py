@@ -367,6 +367,7 @@ def plan_fission(eqn, info: ScanInfo) -> Fission | None:
         return None  # a derivative would flow through the carry: keep the loop as it is
     loop_eqns = _backward_slice([body.outputs[j] for j in looped], producer)
     accumulated = {carry_inputs[j] for j in paths}
+    recomputable = _Recomputable(body, loop_eqns, producer, accumulated)
     after, frontier, seen = set(), [], set()
     roots = list(body.outputs[nk:]) + [body.outputs[j] for j in paths]
     for site in scored:
@@ -384,12 +385,58 @@ def plan_fission(eqn, info: ScanInfo) -> Fission | None:
         if e is None:
             if v in carry_inputs and v not in accumulated:
                 frontier.append(v)  # the carry at the start of the iteration: stacked
-        elif e.uid in loop_eqns and not body_an.is_diff(v):
+        elif e.uid in loop_eqns and not body_an.is_diff(v) and (e.is_site or not recomputable(v)):
             frontier.append(v)  # computed in the loop, carries no derivative: stacked
         elif e.uid not in after:
             after.add(e.uid)  # recomputed (or only computed) after the loop
             roots += list(e.inputs)
     return Fission(frozenset(loop_eqns), frozenset(after), tuple(frontier), tuple(sorted(paths)))
+
+
+# Operations cheap enough to repeat after the loop rather than stack their results.
+_CHEAP = alignment.ELEMENTWISE | {
+    "broadcast_in_dim",
+    "reshape",
+    "squeeze",
+    "expand_dims",
+    "transpose",
+    "slice",
+    "concatenate",
+    "pad",
+    "rev",
+    "iota",
+    "stack",
+}
+
+
+class _Recomputable:
+    """Whether a value computed in the loop is better recomputed after it than stacked.
+
+    True where it follows by cheap operations from what is stacked or available anyway:
+    the carries at the start of the iteration, the sites' values (stacked for their scores),
+    the loop's constants and scanned inputs. The frontier is then the states and actions,
+    as a hand-written rollout stacks them, not every intermediate of the step.
+    """
+
+    def __init__(self, body: Scope, loop_eqns, producer, accumulated):
+        self.body, self.loop_eqns, self.producer = body, loop_eqns, producer
+        self.accumulated = accumulated
+        self.known: dict = {}
+
+    def __call__(self, v) -> bool:
+        if isinstance(v, Const):
+            return True
+        if v not in self.known:
+            e = self.producer.get(v)
+            if e is None:
+                self.known[v] = v not in self.accumulated
+            elif e.is_site:
+                self.known[v] = True
+            else:
+                self.known[v] = False  # while deciding (the body is acyclic)
+                cheap = e.name in _CHEAP and not e.subs
+                self.known[v] = cheap and all(self(r) for r in e.inputs)
+        return self.known[v]
 
 
 def _wants_log_probs(body_an: Analysis, eqn) -> bool:
@@ -402,7 +449,8 @@ def _wants_log_probs(body_an: Analysis, eqn) -> bool:
 
 
 def _backward_slice(refs, producer) -> set:
-    """The uids of the equations that the variables ``refs`` depend on."""
+    """The uids of the equations that the variables ``refs`` depend on (a site's draw depends
+    on its key and parameters, not on its baseline)."""
     uids, stack, seen = set(), list(refs), set()
     while stack:
         v = stack.pop()
@@ -411,8 +459,17 @@ def _backward_slice(refs, producer) -> set:
         seen.add(v)
         e = producer[v]
         uids.add(e.uid)
-        stack += list(e.inputs)
+        stack += _draw_inputs(e) if e.is_site else list(e.inputs)
     return uids
+
+
+def _draw_inputs(eqn) -> list:
+    """The operands a site's draw reads: all but its baseline."""
+    site = eqn.params["site"]
+    if not site.has_baseline:
+        return list(eqn.inputs)
+    baseline_position = 1 + site.treedef.num_leaves
+    return [r for i, r in enumerate(eqn.inputs) if i != baseline_position]
 
 
 def _reaches(ref, targets, producer) -> bool:
@@ -525,7 +582,7 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
     zero_carries = [jnp.zeros(body.avals[v].shape, body.avals[v].dtype) for v in carry_inputs]
     accumulating = {carry_inputs[j]: jnp.zeros((), tau_dtype()) for j in plan.accumulators}
 
-    def after(frontier, x, given=None):
+    def after(frontier, x, given=None, running_sums=()):
         # Carries enter as zeros: only the accumulators' are read (their increments are
         # summed over iterations below); the others come from the frontier.
         return ev.nested(
@@ -536,6 +593,7 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
             provided_surrogates=accumulating,
             eqns=plan.after_eqns,
             costs=given is not None,
+            running_sums=running_sums,
         )
 
     local = list(info.cum_atoms)  # atoms whose sums over iterations are needed
@@ -544,12 +602,18 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
     if local:
         lps = lambda frontier, x, _: [after(frontier, x).lp_elems[a] for a in local]  # noqa: E731
         per_iteration = jax.vmap(lps)(stacked, xs, iterations)
-    earlier = [_exclusive_cumsum(lp, p["reverse"]) for lp in per_iteration]
+    # Sums over the earlier iterations (in the loop's order) of each atom, and of the groups
+    # of atoms whose sums through or before this iteration the boxes use together.
+    stacked_lps = dict(zip(local, per_iteration))
+    earlier = [lax.cumsum(lp, axis=0, reverse=p["reverse"]) - lp for lp in per_iteration]
+    groups = _running_sum_groups(body_an, local, stacked_lps)
+    group_sums = [_group_running_sum(g, stacked_lps, p["reverse"]) for g in groups]
 
-    def costs(frontier, x, lps, cums):
+    def costs(frontier, x, lps, cums, sums):
         given = {a: lp for a, lp in zip(local, lps)}
         given.update({("cum", a): c for a, c in zip(local, cums)})
-        aev = after(frontier, x, given)
+        given.update({g.name: total for g, total in zip(groups, sums)})
+        aev = after(frontier, x, given, [(g.entries, g.entry) for g in groups])
         ys = [aev.read(r) for r in body.outputs[nk:]]
         s_ys = [aev.surrogate(body.outputs[nk + j]) for j in info.tree_ys]
         increments = [aev.read(body.outputs[j]) for j in plan.accumulators]
@@ -557,7 +621,7 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
         return ys, s_ys, increments, s_increments, aev.baseline_total()
 
     ys, s_ys, increments, s_increments, baselines = jax.vmap(costs)(
-        stacked, xs, per_iteration, earlier
+        stacked, xs, per_iteration, earlier, group_sums
     )
     carries = list(init)
     for j, c in zip(looped, final):
@@ -574,12 +638,64 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
         ev.baseline_terms.append(jnp.sum(baselines))
 
 
-def _exclusive_cumsum(x, reverse: bool):
-    """Sum over the earlier iterations (in the loop's order) of each iteration's values."""
-    pad = jnp.zeros_like(x[:1])
-    if reverse:
-        return jnp.concatenate([lax.cumsum(x[1:], axis=0, reverse=True), pad])
-    return jnp.concatenate([pad, lax.cumsum(x[:-1], axis=0)])
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """Atoms whose running sum boxes use together, with one alignment layout (or plain)."""
+
+    atoms: tuple
+    axes: tuple | None  # the layout of aligned entries; None: plain atoms (totals)
+    through: bool  # through this iteration (the atoms and their earlier sums) or before it
+
+    @property
+    def name(self):
+        return ("sum", self.atoms, self.axes, self.through)
+
+    def _entry(self, atom):
+        return atom if self.axes is None else (alignment.ELEM, atom, self.axes)
+
+    @property
+    def entries(self) -> frozenset:
+        own = [self._entry(a) for a in self.atoms] if self.through else []
+        return frozenset(own + [self._entry(("cum", a)) for a in self.atoms])
+
+    @property
+    def entry(self):
+        return self._entry(self.name)
+
+
+def _running_sum_groups(body_an: Analysis, local, stacked_lps) -> list:
+    """The groups of local atoms whose sums the body's boxes use together (two or more atoms,
+    or one atom through its iteration)."""
+    body = body_an.scope
+    boxes = [body_an.of(leaf) for leaf in body_an.leaves()]
+    boxes += [body_an.subs[e.uid] for e in body.eqns if e.is_site and e.uid in body_an.subs]
+    groups = set()
+    for box in boxes:
+        by_layout: dict = {}
+        for entry in box:
+            axes = entry[2] if entry[0] == alignment.ELEM else None
+            atom = alignment.base(entry)
+            if atom[0] == "cum" and atom[1] in stacked_lps:
+                by_layout.setdefault(axes, set()).add(atom[1])
+        for axes, atoms in by_layout.items():
+            shapes = {stacked_lps[a].shape for a in atoms}
+            if axes is not None and len(shapes) > 1:
+                continue  # elementwise sums need one shape
+            entry = lambda a, axes=axes: a if axes is None else (alignment.ELEM, a, axes)  # noqa: E731
+            through = all(entry(a) in box for a in atoms)
+            if len(atoms) > 1 or through:
+                groups.add(_Group(tuple(sorted(atoms, key=repr)), axes, through))
+    return sorted(groups, key=lambda g: (-len(g.atoms), repr(g.name)))
+
+
+def _group_running_sum(group: _Group, stacked_lps, reverse: bool):
+    """The group's per-iteration sum through (or before) each iteration, in the loop's order."""
+    lps = [stacked_lps[a] for a in group.atoms]
+    if group.axes is None:  # plain atoms: totals over their elements
+        lps = [jnp.sum(lp, axis=tuple(range(1, lp.ndim))) for lp in lps]
+    total = sum(lps[1:], lps[0])
+    through = lax.cumsum(total, axis=0, reverse=reverse)
+    return through if group.through else through - total
 
 
 RULES.update({"scan": ScanRule(), "while": WhileRule()})
