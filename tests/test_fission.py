@@ -214,3 +214,14 @@ def test_fission_under_jit_and_vmap_equals_eager():
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 16, 17, 150])
+def test_blocked_cumulative_sum_equals_cumsum(n, reverse):
+    from jax_scg._src.loops import cumulative_sum
+
+    x = jax.random.normal(jax.random.key(n), (n, 3))
+    np.testing.assert_allclose(
+        cumulative_sum(x, reverse), lax.cumsum(x, axis=0, reverse=reverse), rtol=1e-5, atol=1e-5
+    )

@@ -605,7 +605,7 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
     # Sums over the earlier iterations (in the loop's order) of each atom, and of the groups
     # of atoms whose sums through or before this iteration the boxes use together.
     stacked_lps = dict(zip(local, per_iteration))
-    earlier = [lax.cumsum(lp, axis=0, reverse=p["reverse"]) - lp for lp in per_iteration]
+    earlier = [cumulative_sum(lp, p["reverse"]) - lp for lp in per_iteration]
     groups = _running_sum_groups(body_an, local, stacked_lps)
     group_sums = [_group_running_sum(g, stacked_lps, p["reverse"]) for g in groups]
 
@@ -694,8 +694,26 @@ def _group_running_sum(group: _Group, stacked_lps, reverse: bool):
     if group.axes is None:  # plain atoms: totals over their elements
         lps = [jnp.sum(lp, axis=tuple(range(1, lp.ndim))) for lp in lps]
     total = sum(lps[1:], lps[0])
-    through = lax.cumsum(total, axis=0, reverse=reverse)
+    through = cumulative_sum(total, reverse)
     return through if group.through else through - total
+
+
+def cumulative_sum(x, reverse: bool = False):
+    """``lax.cumsum`` along axis 0, in blocks of about ``sqrt(n)``: sums within blocks, then
+    over block totals. The same linear map with ``O(n^1.5)`` additions and no loop; XLA's CPU
+    backend lowers ``cumsum`` to an ``O(n^2)`` windowed sum (3-7 times slower here)."""
+    n = x.shape[0]
+    block = max(4, int(round(n**0.5)))
+    if n <= block:
+        return lax.cumsum(x, axis=0, reverse=reverse)
+    if reverse:
+        return jnp.flip(cumulative_sum(jnp.flip(x, 0)), 0)
+    blocks = -(-n // block)
+    padded = jnp.pad(x, [(0, blocks * block - n)] + [(0, 0)] * (x.ndim - 1))
+    within = lax.cumsum(padded.reshape((blocks, block) + x.shape[1:]), axis=1)
+    totals = within[:, -1]
+    before = lax.cumsum(totals, axis=0) - totals
+    return (within + before[:, None]).reshape((blocks * block,) + x.shape[1:])[:n]
 
 
 RULES.update({"scan": ScanRule(), "while": WhileRule()})
