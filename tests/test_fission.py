@@ -166,6 +166,27 @@ def discounted_carry(theta, key):
     return lax.scan(body, (0.0, 0.0), jax.random.split(key, SHORT))[0][1]
 
 
+def carried_key(theta, key):
+    """The key is carried and split every step; no xs and nothing stacked for the costs."""
+
+    def body(carry, _):
+        k, total = carry
+        k, sub = jax.random.split(k)
+        return (k, total + scg.sample(sub, D.Bernoulli(logits=theta[0]))), None
+
+    return lax.scan(body, (key, 0.0), None, length=SHORT)[0][1]
+
+
+def single_iteration(theta, key):
+    """One iteration, nothing scanned over and nothing stacked: the loop's length alone sizes
+    the vectorised costs."""
+
+    def body(total, _):
+        return total + scg.sample(key, D.Bernoulli(logits=theta[0])), None
+
+    return lax.scan(body, 0.0, None, length=1)[0]
+
+
 FORMS = [
     stacked,
     carried,
@@ -175,6 +196,8 @@ FORMS = [
     parameter_dynamics,
     pathwise_action,
     discounted_carry,
+    carried_key,
+    single_iteration,
 ]
 
 

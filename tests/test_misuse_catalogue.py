@@ -51,8 +51,28 @@ def while_cond_sampler(theta, key):
 
 
 def while_body_sampler(theta, key):
-    body = lambda c: (c[0] + bern(theta, c[1]), jax.random.split(c[1])[0])  # noqa: E731
+    def body(c):
+        k, sub = jax.random.split(c[1])
+        return c[0] + bern(theta, sub), k
+
     return lax.while_loop(lambda c: c[0] < 2.0, body, (0.0, key))[0]
+
+
+def two_sites_one_key(theta, key):
+    return bern(theta, key) + bern(-theta, key)
+
+
+def loop_invariant_key(theta, key):
+    body = lambda c, _: (c + bern(theta, key), None)  # noqa: E731
+    return lax.scan(body, 0.0, None, length=3)[0]
+
+
+def key_also_used_by_jax_random(theta, key):
+    return bern(theta, key) * jax.random.normal(key)
+
+
+def rounded_pathwise(mu, key):
+    return jnp.round(scg.sample(key, D.Normal(mu, 1.0), estimator="pathwise"))
 
 
 def gamma_site(a, key):
@@ -299,6 +319,30 @@ CATALOGUE = [
         lambda: jax.grad(scg.grad(gamma_site))(2.0, K),
         scg.SiteError,
         "jax.hessian",
+    ),
+    (
+        "two sites drawing from one key",
+        lambda: scg.grad(two_sites_one_key)(0.0, K),
+        scg.SiteError,
+        rf"{HERE}.*same key as site {HERE}.*split the key",
+    ),
+    (
+        "a loop-invariant key inside scan",
+        lambda: scg.grad(loop_invariant_key)(0.0, K),
+        scg.SiteError,
+        rf"{HERE}.*same at every iteration.*jax.random.split",
+    ),
+    (
+        "a key feeding a site and jax.random (warning)",
+        lambda: scg.grad(key_also_used_by_jax_random)(0.0, K),
+        scg.FallbackWarning,
+        rf"{HERE}.*plain jax.random call",
+    ),
+    (
+        "explicit pathwise through round (warning)",
+        lambda: scg.grad(rounded_pathwise)(0.0, K),
+        scg.FallbackWarning,
+        r"Normal at test_misuse_catalogue\.py:\d+.*`round`.*misses the jumps",
     ),
 ]
 

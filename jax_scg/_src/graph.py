@@ -17,7 +17,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jax_scg._src import interpreter
+from jax_scg._src import discontinuities, interpreter
 from jax_scg._src.errors import FallbackWarning
 from jax_scg._src.jaxpr import Const, scan_counts, scope_from_jaxpr
 
@@ -42,6 +42,9 @@ class Node:
         ``"whole site"`` (some cost gets every element's score, because it mixes them), or
         ``"whole site (no rule for OP)"`` where an operation without a per-element rule
         forced it (a ``FallbackWarning``); else None.
+      note: for sites, why the estimator is not the default one, e.g. ``"auto: the cost jumps
+        at `round` (model.py:12)"`` where a reparameterised site's value meets a
+        discontinuity (``estimator="auto"`` then takes the score function); else None.
     """
 
     id: str
@@ -53,6 +56,7 @@ class Node:
     baseline: tuple | None = None
     in_loop: str | None = None
     credit: str | None = None
+    note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +186,9 @@ def _node_text(n: Node) -> str:
         extra = f", baseline of {list(n.baseline)}" if n.baseline is not None else ""
         loop = f", per {n.in_loop} iteration" if n.in_loop else ""
         credit = f", credit {n.credit}" if n.credit else ""
-        return f"{n.label}: {n.distribution}{list(n.shape)} [{n.estimator}{extra}{loop}{credit}]"
+        note = f", {n.note}" if n.note else ""
+        tags = f"{n.estimator}{note}{extra}{loop}{credit}"
+        return f"{n.label}: {n.distribution}{list(n.shape)} [{tags}]"
     if n.kind == "cost":
         loop = f" (per {n.in_loop} iteration)" if n.in_loop else ""
         return f"cost {n.label}{list(n.shape)}{loop}"
@@ -264,6 +270,7 @@ class _Builder:
             distribution=site.distribution,
             baseline=None if baseline is None else tuple(sorted(of(baseline))),
             in_loop=in_loop,
+            note=f"auto: the cost jumps at {site.discontinuity}" if site.discontinuity else None,
         )
         self.edges |= {(p, node_id) for p in parents}
         return node_id
@@ -305,6 +312,7 @@ def graph(fn, argnums=0):
     def graph_fn(*args, **kwargs):
         closed = jax.make_jaxpr(functools.partial(fn, **kwargs))(*args)  # as surrogate does
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+        discontinuities.mark_discontinuous_sites(scope, warn=False)
         builder = _Builder()
         names = _argument_names(fn, len(args))
         input_nodes = []

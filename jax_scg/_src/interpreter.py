@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_scg._src import alignment, estimators, primitive
+from jax_scg._src import alignment, estimators, keys, primitive
 from jax_scg._src.errors import FallbackWarning, SiteError, site_message
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind
 
@@ -911,6 +911,7 @@ def evaluate_surrogate(scope: Scope, flat_args, options: Options, with_baselines
     other outputs are those of the first combination.
     """
     check_site_names(scope)
+    keys.check_keys(scope)
     analysis = Analysis(scope, [EMPTY] * len(scope.inputs), options)
     analysis.mark_costs([0])
     analysis.demand()

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jex_core
+from jax.extend import source_info_util
 
 from jax_scg._src.primitive import sample_p
 
@@ -38,6 +39,7 @@ class Eqn:
     inputs: tuple
     outputs: tuple
     subs: tuple = ()
+    source_info: tuple = ()  # its own source info, then those of the calls inlined around it
 
     @property
     def name(self) -> str:
@@ -46,6 +48,18 @@ class Eqn:
     @property
     def is_site(self) -> bool:
         return self.primitive is sample_p
+
+    @property
+    def source(self) -> str:
+        """The user's source line that made this operation (``file:line (function)``)."""
+        for info in self.source_info:  # an operation inside jnp's jitted functions has only
+            try:  # JAX's frames: the call to the jitted function names the user's line
+                summary = source_info_util.summarize(info)
+            except Exception:  # noqa: BLE001 - a description for messages only
+                summary = ""
+            if summary:
+                return summary
+        return ""
 
 
 @dataclasses.dataclass(eq=False)
@@ -97,7 +111,7 @@ def _sub_jaxprs(eqn) -> tuple:
     return tuple((c.jaxpr, c.consts) for c in closed)
 
 
-def _emit_into(jaxpr, consts, input_refs, eqns: list, avals: dict) -> list:
+def _emit_into(jaxpr, consts, input_refs, eqns: list, avals: dict, calls: tuple = ()) -> list:
     """Appends ``jaxpr``'s equations to ``eqns`` with fresh ids; returns its output refs."""
     env: dict = {}
     for var, value in zip(jaxpr.constvars, consts):
@@ -115,7 +129,9 @@ def _emit_into(jaxpr, consts, input_refs, eqns: list, avals: dict) -> list:
             inner_jaxpr, inner_consts = (
                 (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
             )
-            outs = _emit_into(inner_jaxpr, inner_consts, inputs, eqns, avals)
+            outs = _emit_into(
+                inner_jaxpr, inner_consts, inputs, eqns, avals, (eqn.source_info, *calls)
+            )
             for var, ref in zip(eqn.outvars, outs):
                 env[var] = ref
             continue
@@ -127,7 +143,15 @@ def _emit_into(jaxpr, consts, input_refs, eqns: list, avals: dict) -> list:
             outputs.append(uid)
         subs = tuple(scope_from_jaxpr(j, c) for j, c in _sub_jaxprs(eqn))
         eqns.append(
-            Eqn(next(_ids), eqn.primitive, dict(eqn.params), tuple(inputs), tuple(outputs), subs)
+            Eqn(
+                next(_ids),
+                eqn.primitive,
+                dict(eqn.params),
+                tuple(inputs),
+                tuple(outputs),
+                subs,
+                (eqn.source_info, *calls),
+            )
         )
     return [read(a) for a in jaxpr.outvars]
 

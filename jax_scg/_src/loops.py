@@ -620,7 +620,7 @@ def _emit_fissioned(ev, eqn, info: ScanInfo, plan: Fission):
         s_increments = [aev.surrogate(body.outputs[j]) for j in plan.accumulators]
         return ys, s_ys, increments, s_increments, aev.baseline_total()
 
-    ys, s_ys, increments, s_increments, baselines = jax.vmap(costs)(
+    ys, s_ys, increments, s_increments, baselines = jax.vmap(costs, axis_size=p["length"])(
         stacked, xs, per_iteration, earlier, group_sums
     )
     carries = list(init)

@@ -49,6 +49,9 @@ class SiteInfo:
       has_value: whether the site's value was planted by ``scg.condition`` (an operand after
         the baseline) instead of drawn.
       distribution: the distribution's class name (for ``scg.graph``).
+      discontinuity: for an ``"auto"`` site whose cost jumps in its value (``round``, a step,
+        an index computed from it; see ``discontinuities.py``), the operation and its source
+        line; ``"auto"`` then means the score function. Empty otherwise.
     """
 
     treedef: Any
@@ -61,6 +64,7 @@ class SiteInfo:
     estimator_treedef: Any = None
     has_value: bool = False
     distribution: str = ""
+    discontinuity: str = ""
 
     def planted(self, operands):
         """The value planted by ``scg.condition`` (the operand after the baseline), or None."""
@@ -92,6 +96,8 @@ class SiteInfo:
         """The estimator that ``"auto"`` stands for, given the dtype of the sampled value."""
         if self.estimator != "auto":
             return self.estimator
+        if self.discontinuity:
+            return SCORE_FUNCTION
         continuous = jnp.issubdtype(value_dtype, jnp.inexact)
         return PATHWISE if self.reparameterized and continuous else SCORE_FUNCTION
 

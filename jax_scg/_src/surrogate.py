@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from jax_scg._src import interpreter
+from jax_scg._src import discontinuities, interpreter
 from jax_scg._src.jaxpr import scope_from_jaxpr
 
 
@@ -27,6 +27,7 @@ def _trace(fn, args, kwargs):
     traced = functools.partial(fn, **kwargs) if kwargs else fn
     closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*args)
     scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
+    discontinuities.mark_discontinuous_sites(scope)
     return scope, out_shape, jax.tree_util.tree_leaves(args)
 
 

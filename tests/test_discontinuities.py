@@ -1,0 +1,174 @@
+"""Pathwise through a discontinuity: ``estimator="auto"`` stays unbiased.
+
+``round(x)`` of a reparameterised ``x`` has derivative zero almost everywhere, so the pathwise
+estimator returns zero where the expectation's derivative is not; every other
+discontinuous operation misses its jumps the same way. Under ``"auto"`` such sites take the
+score function; an explicit ``"pathwise"`` warns; continuous piecewise forms stay pathwise.
+
+Exact references: E[h(x)] for x ~ Normal(mu, s) by quadrature on a fixed grid of x (the
+density is differentiated, never h), so jumps are counted exactly up to the grid spacing.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_mean_close, keys
+from jax import lax
+
+import jax_scg as scg
+from jax_scg import distributions as D
+
+
+def exact(h, derivative=jax.grad):
+    """``derivative`` of E[h(x, theta)] at THETA, x ~ Normal(theta[0], exp(theta[1])), by
+    quadrature in float64 (the density is differentiated; h is only evaluated)."""
+
+    def expectation(theta):
+        x = jnp.linspace(-12.0, 12.0, 480_001)  # spacing 5e-5
+        density = jax.scipy.stats.norm.pdf(x, theta[0], jnp.exp(theta[1]))
+        return jnp.sum(jax.vmap(h, (0, None))(x, theta) * density) * (x[1] - x[0])
+
+    with jax.enable_x64(True):
+        return np.asarray(derivative(expectation)(jnp.asarray(THETA, jnp.float64)))
+
+
+def normal_model(h, estimator="auto"):
+    def model(theta, key):
+        x = scg.sample(key, D.Normal(theta[0], jnp.exp(theta[1])), name="x", estimator=estimator)
+        return h(x, theta)
+
+    return model
+
+
+THETA = jnp.array([0.3, -0.2])
+
+# Each operation the issue lists, as a cost of x (and theta, for a direct derivative too).
+DISCONTINUOUS = {
+    "round": lambda x, th: jnp.round(x),
+    "floor": lambda x, th: jnp.floor(2.0 * x) + th[0],
+    "ceil": lambda x, th: jnp.ceil(x) * th[1],
+    "sign": lambda x, th: jnp.sign(x - 0.5),
+    "rem": lambda x, th: x % 1.0,
+    "float_to_int": lambda x, th: (3.0 * x).astype(jnp.int32) * 0.5,
+    "comparison_as_number": lambda x, th: (x > 0.5).astype(x.dtype),
+    "step_with_where": lambda x, th: jnp.where(x > 0.0, 1.0, -1.0),
+    "argmax_as_value": lambda x, th: jnp.argmax(jnp.stack([x, 0.2 - x])).astype(x.dtype),
+    "argmax_as_index": lambda x, th: jnp.array([1.0, -2.0])[jnp.argmax(jnp.stack([x, -x]))],
+    "cond_step": lambda x, th: lax.cond(x > 0.1, lambda: 2.0, lambda: 0.0),
+    "mixed_with_continuous": lambda x, th: x**2 + jnp.round(x) * x,
+}
+
+
+@pytest.mark.parametrize("name", list(DISCONTINUOUS))
+def test_auto_is_unbiased_through_each_discontinuous_operation(name):
+    h = DISCONTINUOUS[name]
+    model = normal_model(h)
+    reference = exact(h)
+    seed = 1300 + list(DISCONTINUOUS).index(name)
+    grads = jax.jit(jax.vmap(scg.grad(model), (None, 0)))(THETA, keys(seed, 40_000))
+    assert_mean_close(grads, reference, what=name)
+    node = scg.graph(model)(THETA, jax.random.key(0)).sites[0]
+    assert node.estimator == "score_function"
+    assert "cost jumps at" in node.note and "test_discontinuities.py" in node.note
+
+
+def test_the_pathwise_derivative_really_was_biased_there():
+    h = DISCONTINUOUS["round"]
+    reference = exact(h)
+    pathwise = scg.grad(normal_model(h, "pathwise"))
+    with pytest.warns(scg.FallbackWarning):
+        grads = jax.jit(jax.vmap(pathwise, (None, 0)))(THETA, keys(1320, 1000))
+    np.testing.assert_allclose(grads, 0.0)  # round's derivative is zero everywhere it exists
+    assert abs(float(reference[0])) > 0.5
+
+
+def test_second_order_through_a_step():
+    h = DISCONTINUOUS["step_with_where"]
+    model = normal_model(h)
+    reference = exact(h, jax.hessian)
+    hessians = jax.jit(jax.vmap(jax.hessian(scg.surrogate(model)), (None, 0)))(
+        THETA, keys(1321, 40_000)
+    )
+    assert_mean_close(hessians.reshape(-1, 4), reference.reshape(4), what="Hessian")
+
+
+def test_eager_equals_jit():
+    model = normal_model(DISCONTINUOUS["round"])
+    for key in keys(1322, 3):
+        np.testing.assert_allclose(
+            scg.grad(model)(THETA, key), jax.jit(scg.grad(model))(THETA, key), rtol=1e-6
+        )
+
+
+def test_explicit_pathwise_warns_naming_site_operation_and_line():
+    model = normal_model(DISCONTINUOUS["comparison_as_number"], "pathwise")
+    with pytest.warns(
+        scg.FallbackWarning,
+        match=r"(?s)site 'x'.*convert_element_type.*test_discontinuities.py.*jumps",
+    ):
+        scg.grad(model)(THETA, jax.random.key(0))
+
+
+def test_a_site_inside_a_scan_whose_costs_step():
+    def rollout(theta, key):
+        def body(total, k):
+            x = scg.sample(k, D.Normal(theta[0], jnp.exp(theta[1])))
+            return total + jnp.round(x), None
+
+        return lax.scan(body, 0.0, jax.random.split(key, 3))[0]
+
+    reference = 3 * exact(DISCONTINUOUS["round"])
+    grads = jax.jit(jax.vmap(scg.grad(rollout), (None, 0)))(THETA, keys(1323, 40_000))
+    assert_mean_close(grads, reference, what="scan")
+
+
+# Continuous piecewise forms: pathwise is right there, and stays chosen (no warning).
+CONTINUOUS = {
+    "relu": lambda x, th: jax.nn.relu(x - 0.2),
+    "leaky_relu": lambda x, th: jax.nn.leaky_relu(x, 0.1),
+    "maximum": lambda x, th: jnp.maximum(x, th[1]),
+    "abs": lambda x, th: jnp.abs(x),
+    "clip": lambda x, th: jnp.clip(x, -0.5, 0.5),
+    "safe_log": lambda x, th: jnp.where(jnp.abs(x) > 1e-3, jnp.log(jnp.abs(x)), jnp.log(1e-3)),
+    "zero_guard": lambda x, th: jnp.where(x == 0, 0.0, x * jnp.sin(x)),
+    "sort_values": lambda x, th: jnp.sort(jnp.stack([x, 0.1 - x, 2 * x]))[1],
+    "top_k_values": lambda x, th: lax.top_k(jnp.stack([x, 0.1 - x, 2 * x]), 2)[0].sum(),
+    "gather_own_argmax": lambda x, th: (v := jnp.stack([x, -x]))[jnp.argmax(v)],
+    "straight_through": lambda x, th: x + lax.stop_gradient(jnp.round(x) - x),
+    "select_between_values": lambda x, th: jnp.where(x > 0, x + 1.0, 1.0 + x),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTINUOUS))
+def test_continuous_piecewise_forms_stay_pathwise(name):
+    model = normal_model(CONTINUOUS[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scg.grad(normal_model(CONTINUOUS[name], "pathwise"))(THETA, jax.random.key(0))
+        graph = scg.graph(model)(THETA, jax.random.key(0))
+    node = graph.sites[0]
+    assert node.estimator == "pathwise" and node.note is None
+
+
+@pytest.mark.parametrize("name", ["relu", "clip", "safe_log", "sort_values"])
+def test_continuous_forms_are_unbiased_pathwise(name):
+    h = CONTINUOUS[name]
+    reference = exact(h)
+    seed = 1330 + list(CONTINUOUS).index(name)
+    grads = jax.jit(jax.vmap(scg.grad(normal_model(h)), (None, 0)))(THETA, keys(seed, 20_000))
+    assert_mean_close(grads, reference, what=name)
+
+
+def test_a_discontinuity_only_in_an_auxiliary_output_changes_nothing():
+    def model(theta, key, estimator="auto"):
+        x = scg.sample(key, D.Normal(theta[0], jnp.exp(theta[1])), estimator=estimator)
+        return x**2, jnp.round(x)
+
+    for key in keys(1340, 3):
+        g, aux = scg.grad(model, has_aux=True)(THETA, key)
+        pathwise, _ = scg.grad(model, has_aux=True)(THETA, key, estimator="pathwise")
+        np.testing.assert_allclose(g, pathwise, rtol=1e-6)
+        assert np.shape(aux) == ()
