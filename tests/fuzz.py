@@ -26,7 +26,12 @@ Two checks per program:
   estimator's exactly), and the probability-weighted sum of estimates equals the exact
   gradient and Hessian.
 
-Run ``python tests/fuzz.py --programs 1000`` for a long run; it prints how many passed.
+A second family, *edge programs* (``generate_edge``), puts piecewise operations (steps and
+kinks) on reparameterised sites and draws the sites from keys split and folded in ways that
+may collide; see the section below.
+
+Run ``python tests/fuzz.py --programs 1000`` for a long run (and 250 edge programs); it prints
+how many passed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import itertools
 import math
 import random
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -475,6 +481,245 @@ def fission_mismatch(program: Program) -> float:
     return worst
 
 
+# -- edge programs: piecewise operations on reparameterised sites, keys that may collide ---
+#
+# One Bernoulli site b and one or two Normal sites x_j ~ N(θ + θ' b, exp(0.3 θ'')), drawn from
+# keys split or folded in ways that may collide, with costs w f(x_j) (1 + β b) where f is a
+# step (round, floor, ceil, sign, x > c, where(x > c, 1, -1), x % 1), a kink (relu, abs,
+# clip, maximum) or x². Every f is a piecewise polynomial of degree <= 2, so E[f(x)] is exact
+# from the normal CDF and density on each piece. A program whose keys collide must raise a
+# SiteError naming both sites; any other must be unbiased ("auto" takes the score function
+# where a step meets the value) and must not warn. Hessians are checked where no pathwise
+# site meets a kink (there the pathwise second derivative misses the kink, as documented).
+
+STEPS = ("round", "floor", "ceil", "sign", "gt", "where", "mod")
+KINKS = ("relu", "abs", "clip", "maximum")
+EDGE_FORMS = STEPS + KINKS + ("square",)
+_WIDE = 40.0  # the outermost pieces end here (the normal mass beyond is below 1e-300)
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeTerm:
+    site: int  # which Normal site
+    form: str
+    c: float  # the breakpoint of gt/where/relu/abs/maximum
+    w: float
+    beta: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeProgram:
+    normals: int
+    estimators: tuple  # per Normal site: "auto", or "pathwise" where it meets no step
+    keying: tuple  # per site (b first): ("split", n, row) or ("fold", c)
+    terms: tuple
+    seed: int
+
+    @property
+    def theta_dim(self) -> int:
+        return 1 + 3 * self.normals + len(self.terms)
+
+    def collision(self):
+        """The names of two sites that draw from the same key, or None."""
+        seen = {}
+        for i, k in enumerate(self.keying):
+            ident = k[2] if k[0] == "split" else k[1]  # fold_in(key, i) is split(key, n)[i]
+            if ident in seen:
+                return edge_name(seen[ident]), edge_name(i)
+            seen[ident] = i
+        return None
+
+    @property
+    def hessian_ok(self) -> bool:
+        """No pathwise site meets a kink (a site meeting a step takes the score function)."""
+        stepped = {t.site for t in self.terms if t.form in STEPS}
+        return all(t.site in stepped for t in self.terms if t.form in KINKS)
+
+
+def edge_name(i: int) -> str:
+    return "b" if i == 0 else f"x{i}"
+
+
+def generate_edge(seed: int) -> EdgeProgram:
+    rng = random.Random(10_000_019 * (seed + 1))
+    normals = rng.randint(1, 2)
+    terms = tuple(
+        EdgeTerm(
+            rng.randrange(normals),
+            rng.choice(EDGE_FORMS),
+            round(rng.uniform(-0.8, 0.8), 2),
+            round(rng.choice([-1, 1]) * rng.uniform(0.5, 1.5), 2),
+            round(rng.uniform(-0.8, 0.8), 2),
+        )
+        for _ in range(rng.randint(1, 3))
+    )
+    stepped = {t.site for t in terms if t.form in STEPS}
+    estimators = tuple(
+        "auto" if j in stepped or rng.random() < 0.6 else "pathwise" for j in range(normals)
+    )
+    # Each site's key is row r of a split into n >= r + 1 keys, or fold_in(key, r) (the same
+    # key as row r); a quarter of the programs give two sites the same r.
+    rows = rng.sample(range(5), normals + 1)
+    if rng.random() < 0.25:
+        first, second = rng.sample(range(normals + 1), 2)
+        rows[second] = rows[first]
+    keying = [
+        ("split", rng.randint(r + 1, 6), r) if rng.random() < 0.6 else ("fold", r) for r in rows
+    ]
+    return EdgeProgram(normals, estimators, tuple(keying), terms, seed)
+
+
+def edge_key(key, keying):
+    if keying[0] == "split":
+        return jax.random.split(key, keying[1])[keying[2]]
+    return jax.random.fold_in(key, keying[1])
+
+
+def edge_f(form: str, x, c):
+    return {
+        "round": lambda: jnp.round(x),
+        "floor": lambda: jnp.floor(x),
+        "ceil": lambda: jnp.ceil(x),
+        "sign": lambda: jnp.sign(x),
+        "gt": lambda: (x > c).astype(x.dtype),
+        "where": lambda: jnp.where(x > c, 1.0, -1.0),
+        "mod": lambda: x % 1.0,
+        "relu": lambda: jax.nn.relu(x - c),
+        "abs": lambda: jnp.abs(x - c),
+        "clip": lambda: jnp.clip(x, -1.0, 1.0),
+        "maximum": lambda: jnp.maximum(x, c),
+        "square": lambda: x**2,
+    }[form]()
+
+
+def edge_pieces(form: str, c: float) -> list:
+    """``f`` as pieces ``(lo, hi, (a0, a1, a2))``: f(x) = a0 + a1 x + a2 x² on [lo, hi)."""
+    integers = range(-15, 16)
+    if form == "round":
+        return (
+            [(-_WIDE, -15.5, (0.0, 1.0, 0.0))]
+            + [(k - 0.5, k + 0.5, (float(k), 0.0, 0.0)) for k in integers]
+            + [(15.5, _WIDE, (0.0, 1.0, 0.0))]
+        )
+    if form in ("floor", "ceil", "mod"):
+        out = [(-_WIDE, -15.0, (0.0, 1.0, 0.0) if form != "mod" else (0.5, 0.0, 0.0))]
+        for k in integers[:-1]:
+            value = {"floor": (k, 0.0), "ceil": (k + 1, 0.0), "mod": (-k, 1.0)}[form]
+            out.append((float(k), k + 1.0, (float(value[0]), value[1], 0.0)))
+        return out + [(15.0, _WIDE, (0.0, 1.0, 0.0) if form != "mod" else (0.5, 0.0, 0.0))]
+    table = {
+        "sign": [(-_WIDE, 0.0, (-1.0, 0, 0)), (0.0, _WIDE, (1.0, 0, 0))],
+        "gt": [(-_WIDE, c, (0.0, 0, 0)), (c, _WIDE, (1.0, 0, 0))],
+        "where": [(-_WIDE, c, (-1.0, 0, 0)), (c, _WIDE, (1.0, 0, 0))],
+        "relu": [(-_WIDE, c, (0.0, 0, 0)), (c, _WIDE, (-c, 1.0, 0))],
+        "abs": [(-_WIDE, c, (c, -1.0, 0)), (c, _WIDE, (-c, 1.0, 0))],
+        "clip": [
+            (-_WIDE, -1.0, (-1.0, 0, 0)),
+            (-1.0, 1.0, (0.0, 1.0, 0)),
+            (1.0, _WIDE, (1.0, 0, 0)),
+        ],
+        "maximum": [(-_WIDE, c, (c, 0, 0)), (c, _WIDE, (0.0, 1.0, 0))],
+        "square": [(-_WIDE, _WIDE, (0.0, 0, 1.0))],
+    }
+    return table[form]
+
+
+def normal_piecewise_expectation(pieces, mu, sigma):
+    """E[f(x)], x ~ N(mu, sigma²), for f given by ``edge_pieces``: exact, differentiable."""
+    from jax.scipy.stats import norm
+
+    total = 0.0
+    for lo, hi, (a0, a1, a2) in pieces:
+        alpha, beta = (lo - mu) / sigma, (hi - mu) / sigma
+        pa, pb = norm.pdf(alpha), norm.pdf(beta)
+        m0 = norm.cdf(beta) - norm.cdf(alpha)
+        m1 = pa - pb
+        m2 = m0 + alpha * pa - beta * pb
+        total = total + (a0 + a1 * mu + a2 * mu**2) * m0 + (a1 + 2 * a2 * mu) * sigma * m1
+        total = total + a2 * sigma**2 * m2
+    return total
+
+
+def edge_normal_params(program: EdgeProgram, theta, j: int, b):
+    t = theta[1 + 3 * j :]
+    return t[0] + t[1] * b, jnp.exp(0.3 * t[2])
+
+
+def make_edge_fn(program: EdgeProgram):
+    def fn(theta, key):
+        b = scg.sample(
+            edge_key(key, program.keying[0]), D.Bernoulli(logits=theta[0]), name=edge_name(0)
+        )
+        xs = [
+            scg.sample(
+                edge_key(key, program.keying[1 + j]),
+                D.Normal(*edge_normal_params(program, theta, j, b)),
+                estimator=program.estimators[j],
+                name=edge_name(1 + j),
+            )
+            for j in range(program.normals)
+        ]
+        slot = 1 + 3 * program.normals
+        return sum(
+            (t.w + theta[slot + i]) * edge_f(t.form, xs[t.site], t.c) * (1.0 + t.beta * b)
+            for i, t in enumerate(program.terms)
+        )
+
+    return fn
+
+
+def edge_exact(program: EdgeProgram):
+    def expectation(theta):
+        p = jax.nn.sigmoid(theta[0])
+        slot = 1 + 3 * program.normals
+        total = 0.0
+        for b, pb in ((0.0, 1.0 - p), (1.0, p)):
+            for i, t in enumerate(program.terms):
+                mu, sigma = edge_normal_params(program, theta, t.site, b)
+                ef = normal_piecewise_expectation(edge_pieces(t.form, t.c), mu, sigma)
+                total = total + pb * (t.w + theta[slot + i]) * ef * (1.0 + t.beta * b)
+        return total
+
+    return expectation
+
+
+def edge_theta(program: EdgeProgram):
+    rng = np.random.default_rng(program.seed + 7)
+    return jnp.asarray(rng.uniform(-1.0, 1.0, program.theta_dim), jnp.float32)
+
+
+def check_edge(program: EdgeProgram, n: int, z: float) -> list:
+    """Problems found in one edge program (empty when it passes)."""
+    fn, theta = make_edge_fn(program), edge_theta(program)
+    collision = program.collision()
+    if collision is not None:
+        try:
+            scg.grad(fn)(theta, jax.random.key(0))
+        except scg.SiteError as err:
+            names = [f"site '{name}'" for name in collision]
+            if not all(name in str(err) for name in names) or "same key" not in str(err):
+                return [f"collision {collision} refused with another message: {err}"]
+            return []
+        return [f"sites {collision} draw from one key and were not refused"]
+    problems = []
+    exact = edge_exact(program)
+    keys = jax.random.split(jax.random.key(20_000 + program.seed), n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scg.FallbackWarning)
+        grads = jax.jit(jax.vmap(scg.grad(fn), (None, 0)))(theta, keys)
+        checks = {"grad": (grads, jax.grad(exact)(theta))}
+        if program.hessian_ok:
+            h_keys = jax.random.split(jax.random.key(30_000 + program.seed), n)
+            hs = jax.jit(jax.vmap(jax.hessian(scg.surrogate(fn)), (None, 0)))(theta, h_keys)
+            checks["hessian"] = (hs.reshape(n, -1), jax.hessian(exact)(theta).ravel())
+    for what, (samples, want) in checks.items():
+        samples, want = np.asarray(samples, np.float64), np.asarray(want, np.float64)
+        mean, se = samples.mean(0), samples.std(0, ddof=1) / math.sqrt(n)
+        if np.any(np.abs(mean - want) > z * se + 1e-4 * (1 + np.abs(want))):
+            problems.append(f"MC {what}: mean {mean} exact {want} se {se}")
+    return problems
+
+
 def z_threshold(n_tests: int) -> float:
     return 5.0 + math.sqrt(2.0 * math.log(max(n_tests, 1)))
 
@@ -508,11 +753,13 @@ def check(program: Program, n: int, z: float, hessian: bool) -> list:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fuzz jax_scg against exact answers.")
     parser.add_argument("--programs", type=int, default=1000)
+    parser.add_argument("--edge-programs", type=int, default=None, help="default: programs/4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=20_000)
     args = parser.parse_args(argv)
-    z = z_threshold(args.programs * 50)
-    failed = 0
+    n_edge = args.programs // 4 if args.edge_programs is None else args.edge_programs
+    z = z_threshold(args.programs * 50 + n_edge * 60)
+    failed = edge_failed = refused = 0
     for i in range(args.programs):
         program = generate(args.seed + i)
         problems = check(program, args.samples, z, hessian=i % 3 == 0)
@@ -521,8 +768,21 @@ def main(argv=None):
             print(f"program {args.seed + i} FAILED: {program}\n  " + "\n  ".join(problems))
         if (i + 1) % 50 == 0:
             print(f"{i + 1 - failed} of {i + 1} programs passed so far", flush=True)
+    for i in range(n_edge):
+        program = generate_edge(args.seed + i)
+        refused += program.collision() is not None
+        problems = check_edge(program, args.samples, z)
+        if problems:
+            edge_failed += 1
+            print(f"edge program {args.seed + i} FAILED: {program}\n  " + "\n  ".join(problems))
+        if (i + 1) % 50 == 0:
+            print(f"{i + 1 - edge_failed} of {i + 1} edge programs passed so far", flush=True)
     print(f"{args.programs - failed} of {args.programs} programs passed")
-    return 1 if failed else 0
+    print(
+        f"{n_edge - edge_failed} of {n_edge} edge programs passed "
+        f"({refused} with colliding keys, to be refused)"
+    )
+    return 1 if failed or edge_failed else 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Fuzzing: 100 random stochastic computation graphs (fixed seeds) against exact answers.
+"""Fuzzing: 100 random stochastic computation graphs and 24 edge programs (piecewise
+operations on reparameterised sites, keys that may collide), fixed seeds, against exact
+answers.
 
 See ``tests/fuzz.py`` for the generator and the checks; ``python tests/fuzz.py --programs
 1000`` runs a longer sample and prints how many programs passed.
 """
 
 import pytest
-from fuzz import check, generate, z_threshold
+from fuzz import EDGE_FORMS, check, check_edge, generate, generate_edge, z_threshold
 
 PROGRAMS = 100
+EDGE_PROGRAMS = 24
 Z = z_threshold(PROGRAMS * 50)  # Bonferroni over programs and coordinates
+EDGE_Z = z_threshold(EDGE_PROGRAMS * 60)
 
 
 @pytest.mark.parametrize("seed", range(PROGRAMS))
@@ -16,6 +20,23 @@ def test_random_program_matches_exact_answers(seed):
     program = generate(seed)
     problems = check(program, n=20_000, z=Z, hessian=seed % 3 == 0)
     assert not problems, f"{program}\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("seed", range(EDGE_PROGRAMS))
+def test_random_edge_program_is_unbiased_or_refused(seed):
+    program = generate_edge(seed)
+    problems = check_edge(program, n=10_000, z=EDGE_Z)
+    assert not problems, f"{program}\n" + "\n".join(problems)
+
+
+def test_edge_generator_covers_every_fragment():
+    programs = [generate_edge(seed) for seed in range(EDGE_PROGRAMS)]
+    assert {t.form for p in programs for t in p.terms} == set(EDGE_FORMS)
+    collide = [p.collision() is not None for p in programs]
+    assert 3 <= sum(collide) <= EDGE_PROGRAMS - 12
+    assert {k[0] for p in programs for k in p.keying} == {"split", "fold"}
+    assert {e for p in programs for e in p.estimators} == {"auto", "pathwise"}
+    assert any(p.hessian_ok for p in programs) and not all(p.hessian_ok for p in programs)
 
 
 def test_generator_covers_every_fragment():

@@ -169,3 +169,100 @@ def test_one_key_feeding_one_vectorised_site_stays_accepted():
         return jnp.sum(z)
 
     np.testing.assert_equal(np.shape(scg.grad(vector)(THETA, jax.random.key(0))), (2,))
+
+
+def test_splits_of_one_key_into_different_counts_collide():
+    # split(k, 2)[i] and split(k, 4)[i] are the same key (JAX's default threefry), as are
+    # split(k, (2, 3))[1, 0] and split(k, 6)[3]; other rows are distinct keys.
+    def first_rows(theta, key):
+        x = scg.sample(jax.random.split(key, 2)[1], D.Bernoulli(logits=theta[0]), name="x")
+        y = scg.sample(jax.random.split(key, 4)[1], D.Bernoulli(logits=theta[1]), name="y")
+        return x * y
+
+    def grid(theta, key):
+        x = scg.sample(jax.random.split(key, (2, 3))[1, 0], D.Bernoulli(logits=theta[0]), name="x")
+        y = scg.sample(jax.random.split(key, 6)[3], D.Bernoulli(logits=theta[1]), name="y")
+        return x * y
+
+    def vector_overlap(theta, key):
+        draw = lambda k: scg.sample(k, D.Bernoulli(logits=theta[0]), name="x")  # noqa: E731
+        x = jax.vmap(draw)(jax.random.split(key, 4)[:3])  # one site, three keys
+        y = scg.sample(jax.random.split(key, 8)[2], D.Bernoulli(logits=theta[1]), name="y")
+        return x.sum() * y
+
+    def distinct_rows(theta, key):
+        ks = jax.random.split(key, 4)
+        x = jax.vmap(lambda k: scg.sample(k, D.Bernoulli(logits=theta[0]), name="x"))(ks[:2])
+        y = scg.sample(jax.random.split(key, 3)[2], D.Bernoulli(logits=theta[1]), name="y")
+        return x.sum() * y
+
+    def folded_twice(theta, key):
+        x = scg.sample(jax.random.fold_in(key, 3), D.Bernoulli(logits=theta[0]), name="x")
+        y = scg.sample(jax.random.fold_in(key, 3), D.Bernoulli(logits=theta[1]), name="y")
+        return x * y
+
+    for fn in (first_rows, grid, vector_overlap, folded_twice):
+        with pytest.raises(scg.SiteError, match=r"(?s)site 'x'.*same key as site 'y'"):
+            scg.grad(fn)(THETA, jax.random.key(0))
+    for row in (0, 1):
+        assert np.array_equal(
+            jax.random.key_data(jax.random.split(jax.random.key(row), 2)[1]),
+            jax.random.key_data(jax.random.split(jax.random.key(row), 4)[1]),
+        )
+
+    def exact(theta):
+        p0, p1 = jax.nn.sigmoid(theta)
+        return 2 * p0 * p1
+
+    grads = jax.jit(jax.vmap(scg.grad(distinct_rows), (None, 0)))(THETA, keys(1203, 20_000))
+    assert_mean_close(grads, jax.grad(exact)(THETA))
+
+
+def test_two_loops_over_the_same_keys_collide():
+    def twice(theta, key):
+        ks = jax.random.split(key, 3)
+
+        def body(c, k):
+            return c + scg.sample(k, D.Bernoulli(logits=theta[0]), name="a"), None
+
+        def other(c, k):
+            return c + scg.sample(k, D.Bernoulli(logits=theta[1]), name="b"), None
+
+        return lax.scan(body, 0.0, ks)[0] * lax.scan(other, 0.0, ks)[0]
+
+    with pytest.raises(scg.SiteError, match=r"(?s)site 'a'.*same key as site 'b'"):
+        scg.grad(twice)(THETA, jax.random.key(0))
+
+    def folded_with_constant(theta, key):
+        def body(c, _):
+            k = jax.random.fold_in(key, 7)
+            return c + scg.sample(k, D.Bernoulli(logits=theta[0]), name="a"), None
+
+        return lax.scan(body, 0.0, None, length=3)[0]
+
+    with pytest.raises(scg.SiteError, match=r"(?s)site 'a'.*same at every iteration"):
+        scg.grad(folded_with_constant)(THETA, jax.random.key(0))
+
+
+def test_fold_in_a_constant_is_a_row_of_split():
+    # JAX's default threefry: fold_in(k, i) == split(k, n)[i] (found by tests/fuzz.py).
+    k = jax.random.key(3)
+    assert np.array_equal(
+        jax.random.key_data(jax.random.fold_in(k, 1)),
+        jax.random.key_data(jax.random.split(k, 3)[1]),
+    )
+
+    def folded_and_split(theta, key):
+        x = scg.sample(jax.random.fold_in(key, 1), D.Bernoulli(logits=theta[0]), name="x")
+        y = scg.sample(jax.random.split(key, 2)[1], D.Bernoulli(logits=theta[1]), name="y")
+        return x * y
+
+    with pytest.raises(scg.SiteError, match=r"(?s)site 'x'.*same key as site 'y'"):
+        scg.grad(folded_and_split)(THETA, jax.random.key(0))
+
+    def distinct(theta, key):
+        x = scg.sample(jax.random.fold_in(key, 2), D.Bernoulli(logits=theta[0]), name="x")
+        y = scg.sample(jax.random.split(key, 2)[1], D.Bernoulli(logits=theta[1]), name="y")
+        return x * y
+
+    scg.grad(distinct)(THETA, jax.random.key(0))

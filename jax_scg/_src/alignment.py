@@ -44,8 +44,39 @@ def _merge(a: tuple, b: tuple) -> tuple:
     return tuple(x if x == y else None for x, y in zip(a, b))
 
 
+MESH = "mesh"
+
+
+def across(atom, axes) -> tuple:
+    """The atom of a site as seen after a collective over mesh ``axes``: the site on every
+    device along them (``("mesh", atom, axes)``, see ``collectives.py``)."""
+    if atom[0] == MESH:
+        atom, axes = atom[1], (*atom[2], *axes)
+    return (MESH, atom, tuple(sorted(set(axes), key=str)))
+
+
+def _merge_mesh_atoms(entries) -> set:
+    """A site seen both on this device and across devices (or across several axis sets)
+    becomes one atom across the union of the axes: its log-probability, summed over the
+    devices, already holds this device's (counted once, never twice)."""
+    axes: dict = {}
+    for e in entries:
+        atom = base(e)
+        if atom[0] == MESH:
+            axes[atom[1]] = across(atom, axes.get(atom[1], ()))[2]
+    if not axes:
+        return set(entries)
+
+    def merged(atom):
+        inner = atom[1] if atom[0] == MESH else atom
+        return (MESH, inner, axes[inner]) if inner in axes else atom
+
+    return {(ELEM, merged(e[1]), e[2]) if e[0] == ELEM else merged(e) for e in entries}
+
+
 def normalize(entries) -> frozenset:
     """One entry per site: a plain atom wins over alignments; alignments merge axis by axis."""
+    entries = _merge_mesh_atoms(entries)
     plain = {e for e in entries if e[0] != ELEM}
     aligned: dict = {}
     for e in entries:

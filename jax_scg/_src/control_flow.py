@@ -18,7 +18,6 @@ from jax import lax
 from jax_scg._src import alignment
 from jax_scg._src.interpreter import (
     RULES,
-    Analysis,
     Evaluation,
     Rule,
     SubInfo,
@@ -151,7 +150,7 @@ class CustomDerivativeRule(_SubprogramRule):
             return Rule.influence(self, an, eqn, in_influence)
         # No sites inside: the call's own dataflow says which outputs depend on which inputs,
         # alignment included (e.g. jax.nn.relu keeps per-element credit).
-        inner = Analysis(sub, in_influence, an.options, an.depth + 1)
+        inner = an.nested(sub, in_influence)
         an.subs[eqn.uid] = BodyInfo([inner])
         return [inner.of(r) for r in sub.outputs]
 

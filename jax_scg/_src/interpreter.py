@@ -50,7 +50,7 @@ from jax import lax
 
 from jax_scg._src import alignment, estimators, keys, primitive
 from jax_scg._src.errors import FallbackWarning, SiteError, site_message
-from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind
+from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, sum_over_varying
 
 EMPTY: frozenset = frozenset()
 _NO_NAMES: Mapping = types.MappingProxyType({})
@@ -133,7 +133,7 @@ def to_parent(entries: frozenset, uid: int, tag=None, stacked: bool = False) -> 
 def site_uid(atom):
     """The uid of the site behind an atom, however deeply it is wrapped by loops and branches."""
     while atom[0] != "site":
-        if atom[0] in ("outer", "cum"):
+        if atom[0] in ("outer", "cum", alignment.MESH):
             atom = atom[1]
         else:  # ("sub", uid, inner) or ("sub", uid, (branch, inner))
             inner = atom[2]
@@ -167,6 +167,8 @@ class Analysis:
       input_fallbacks: per input, the ``(site uid, operation)`` pairs that coarsened credit
         on the way to it.
       input_diff: per input, whether it may carry a derivative (default: floating point).
+      sites: ``{uid: site equation}`` of the whole program (default: this scope's), so that
+        messages from a body can name a site outside it.
     """
 
     def __init__(
@@ -177,10 +179,12 @@ class Analysis:
         depth: int = 0,
         input_fallbacks=None,
         input_diff=None,
+        sites=None,
     ):
         self.scope = scope
         self.options = options
         self.depth = depth
+        self.sites = {e.uid: e for e in scope.sites()} if sites is None else sites
         self.influence: dict = dict(zip(scope.inputs, input_influence))
         # variable -> {(site uid, operation)}: where a site's per-element credit was lost on
         # the way to the variable because an operation has no alignment rule (a warning).
@@ -208,7 +212,13 @@ class Analysis:
     def nested(self, scope: Scope, input_influence, input_fallbacks=None, input_diff=None):
         """The analysis of a body of one of this scope's equations."""
         return Analysis(
-            scope, input_influence, self.options, self.depth + 1, input_fallbacks, input_diff
+            scope,
+            input_influence,
+            self.options,
+            self.depth + 1,
+            input_fallbacks,
+            input_diff,
+            self.sites,
         )
 
     def of(self, ref) -> frozenset:
@@ -318,7 +328,7 @@ class Analysis:
             need |= alignment.whole(self.of(leaf))
         while True:
             before = len(need)
-            need |= {a[1] for a in need if a[0] == "cum"}
+            need |= {a[1] for a in need if a[0] in ("cum", alignment.MESH)}
             for eqn in reversed(self.scope.eqns):
                 rule_for(eqn).demand(self, eqn, need)
             if len(need) == before:
@@ -388,10 +398,17 @@ class Evaluation:
     def read(self, ref):
         return ref.value if isinstance(ref, Const) else self.env[ref]
 
+    def elems(self, atom):
+        """The atom's elementwise log-probabilities (an atom across devices: summed over the
+        mesh axes where they vary; ``collectives.py``)."""
+        if atom[0] == alignment.MESH and atom not in self.lp_elems:
+            self.lp_elems[atom] = sum_over_varying(self.elems(atom[1]), atom[2])
+        return self.lp_elems[atom]
+
     def total(self, atom):
         """The atom's log-probability summed over its elements."""
         if atom not in self._totals:
-            elems = self.lp_elems[atom]
+            elems = self.elems(atom)
             self._totals[atom] = elems if jnp.ndim(elems) == 0 else jnp.sum(elems)
         return self._totals[atom]
 
@@ -429,7 +446,7 @@ class Evaluation:
         if cache_key not in self._boxes:
             tau = self.tau(plain) if plain else 0.0
             for _, atom, axes in aligned:
-                tau = tau + alignment.log_prob_for_cost(self.lp_elems[atom], axes, shape)
+                tau = tau + alignment.log_prob_for_cost(self.elems(atom), axes, shape)
             box = magic_box(tau)
             if branches is not None:
                 box = box * branches.factor(branch_entries, shape)
@@ -1022,6 +1039,7 @@ class _Branches:
         return factor
 
 
-# The rules of control flow register themselves in RULES.
+# The rules of control flow and collectives register themselves in RULES.
+from jax_scg._src import collectives as _collectives  # noqa: E402, F401
 from jax_scg._src import control_flow as _control_flow  # noqa: E402, F401
 from jax_scg._src import loops as _loops  # noqa: E402, F401

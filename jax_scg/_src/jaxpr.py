@@ -235,3 +235,22 @@ def vary_over(tree, axes: frozenset):
         return jax.lax.pcast(x, missing, to="varying") if missing else x
 
     return jax.tree_util.tree_map(cast, tree)
+
+
+def collective_axes(eqn: Eqn) -> tuple:
+    """The mesh axis names a collective (``psum``, ``ppermute``, ...) communicates over."""
+    axes = eqn.params.get("axes", eqn.params.get("axis_name", ()))
+    axes = axes if isinstance(axes, (tuple, list)) else (axes,)
+    return tuple(a for a in axes if not isinstance(a, int))  # ints: positional (pmap) axes
+
+
+def varying_axes(aval) -> frozenset:
+    """The manual mesh axes a value of type ``aval`` varies over (empty outside shard_map)."""
+    return frozenset(_varying_axes(aval))
+
+
+def sum_over_varying(x, axes):
+    """``psum`` of ``x`` over those of ``axes`` that it varies over: a value replicated along
+    an axis is the same on every device there, so it is taken once, not once per device."""
+    summed = tuple(a for a in axes if a in _varying_axes(jax.typeof(x)))
+    return jax.lax.psum(x, summed) if summed else x

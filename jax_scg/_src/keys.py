@@ -13,28 +13,63 @@ call gives correlated values: a ``FallbackWarning``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
-from jax_scg._src.errors import FallbackWarning, SiteError, site_message
-from jax_scg._src.jaxpr import Const, Scope, scan_counts
+import jax
+import numpy as np
 
-# Operations whose output is the same key (or key data) as their input.
-_SAME_KEY = frozenset(
-    {"reshape", "squeeze", "expand_dims", "copy", "copy_p", "random_wrap", "random_unwrap"}
-)
-_STATIC_PICK = frozenset({"slice", "squeeze", "reshape", "broadcast_in_dim"})
+from jax_scg._src.errors import FallbackWarning, SiteError, site_message
+from jax_scg._src.jaxpr import Const, Scope, aval_of, scan_counts
+
+# Operations that only wrap or unwrap a key: the same random bits.
+_SAME_KEY = frozenset({"copy", "copy_p"})
+# Static rearrangements of a key array: each output key is one of the input's keys.
+_REARRANGE = frozenset({"slice", "squeeze", "reshape", "expand_dims"})
 
 
 def _freeze(value):
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
-    try:
-        hash(value)
-        return value
-    except TypeError:
-        return repr(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """Which keys a key array holds: keys ``rows`` (flat, row-major in ``shape``) of ``root``.
+
+    ``root`` is an input, a constant, an unknown value, or the result of splitting or folding
+    one key of another root: ``("split", (root, row))``, so that ``split(k, 2)[i]`` and
+    ``split(k, 4)[i]`` are one key (JAX's default threefry gives them the same bits).
+    """
+
+    root: tuple
+    rows: tuple
+    shape: tuple
+
+    @staticmethod
+    def all_of(root, shape) -> Keys:
+        return Keys(root, tuple(range(math.prod(shape))), tuple(shape))
+
+    def rearranged(self, name, params, in_shape, out_shape) -> Keys | None:
+        if tuple(in_shape) != self.shape:
+            return None
+        table = np.asarray(self.rows, dtype=np.int64).reshape(self.shape)
+        if name == "slice":
+            strides = params.get("strides") or (1,) * table.ndim
+            table = table[
+                tuple(
+                    slice(lo, hi, st)
+                    for lo, hi, st in zip(params["start_indices"], params["limit_indices"], strides)
+                )
+            ]
+        if table.size != math.prod(out_shape):
+            return None
+        return Keys(self.root, tuple(table.reshape(-1).tolist()), tuple(out_shape))
+
+    def one(self):
+        """The single key this holds, ``(root, row)``, or None."""
+        return (self.root, self.rows[0]) if len(self.rows) == 1 else None
 
 
 @dataclasses.dataclass
@@ -42,78 +77,122 @@ class _Use:
     label: str
     branch: tuple  # ((cond uid, branch index), ...): the branches the site is inside
     per_iteration: bool  # inside a loop, with a key that is the same every iteration
+    rows: frozenset = frozenset()
 
 
 class _Keys:
     def __init__(self):
-        self.uses: dict = {}  # key identity -> [_Use]
-        self.plain: dict = {}  # key identity -> operation name (a jax.random call)
-        self.fresh = 0
+        self.uses: dict = {}  # root -> [_Use]
+        self.plain: dict = {}  # root -> [(rows, operation name)] (a jax.random call)
+        self.count = 0
 
     def new_identity(self):
-        self.fresh += 1
-        return ("fresh", self.fresh)
+        self.count += 1
+        return ("fresh", self.count)
 
     def walk(self, scope: Scope, identities, branch=(), invariant=frozenset()):
-        """``identities``: per input of ``scope``, its key identity; ``invariant``: the
-        identities that are the same at every iteration of an enclosing loop."""
+        """``identities``: per input of ``scope``, its identity (``Keys`` for keys);
+        ``invariant``: the roots that are the same at every iteration of an enclosing loop."""
         ident = dict(zip(scope.inputs, identities))
 
         def of(ref):
             if isinstance(ref, Const):
-                return ("const", id(ref.value))
+                value = ref.value
+                shape = tuple(getattr(value, "shape", ()))
+                root = ("const", _constant_identity(value))
+                return Keys.all_of(root, shape) if _is_key(jax.typeof(value)) else root
             return ident[ref]
 
         for eqn in scope.eqns:
             ins = [of(r) for r in eqn.inputs]
+            first = ins[0] if ins else None
+            outs = None
             if eqn.is_site:
                 site = eqn.params["site"]
-                if not site.has_value:  # a planted site draws nothing
-                    key = ins[0]
-                    use = _Use(site.label, branch, _derived_from(key, invariant))
-                    self.uses.setdefault(key, []).append(use)
-                outs = [self.new_identity() for _ in eqn.outputs]
+                if not site.has_value and isinstance(first, Keys):  # planted: draws nothing
+                    use = _Use(
+                        site.label,
+                        branch,
+                        _derived_from(first.root, invariant),
+                        frozenset(first.rows),
+                    )
+                    self.uses.setdefault(first.root, []).append(use)
             elif eqn.name in _SAME_KEY and len(eqn.inputs) == 1:
-                outs = [ins[0]]
-            elif eqn.name in _STATIC_PICK and len(eqn.inputs) == 1:
-                outs = [(ins[0], eqn.name, _freeze(eqn.params))]
+                outs = [first]
+            elif eqn.name == "random_unwrap":  # the key's data: the same bits, other shape
+                outs = [("data", first)]
+            elif eqn.name == "random_wrap":  # raw keys (jax.random.PRNGKey) become typed keys
+                data = first[1] if isinstance(first, tuple) and first[0] == "data" else None
+                shape = scope.avals[eqn.outputs[0]].shape
+                same = isinstance(data, Keys) and data.shape == tuple(shape)
+                outs = [data if same else Keys.all_of(_root(first), shape)]
+            elif eqn.name in _REARRANGE and isinstance(first, Keys):
+                out_shape = scope.avals[eqn.outputs[0]].shape
+                in_shape = aval_of(eqn.inputs[0], scope).shape
+                rearranged = first.rearranged(eqn.name, eqn.params, in_shape, out_shape)
+                outs = None if rearranged is None else [rearranged]
             elif eqn.subs:
-                outs = self._sub_program(eqn, ins, branch, invariant)
-            else:
+                outs = self._sub_program(
+                    eqn, ins, branch, invariant, [scope.avals[v] for v in eqn.outputs]
+                )
+            elif eqn.name in ("random_split", "random_fold_in") and isinstance(first, Keys):
+                outs = self._derive(eqn, first, ins[1:], scope)
+            if outs is None:
                 if eqn.name.startswith(("random_", "threefry")):
                     for key in ins:
-                        self.plain.setdefault(key, eqn.name)
-                outs = [self.new_identity() for _ in eqn.outputs]
+                        if isinstance(key, Keys):
+                            self.plain.setdefault(key.root, []).append((key.rows, eqn.name))
+                outs = [self.fresh(scope.avals[v]) for v in eqn.outputs]
             ident.update(zip(eqn.outputs, outs))
 
-    def _sub_program(self, eqn, ins, branch, invariant):
-        fresh = [self.new_identity() for _ in eqn.outputs]
-        if eqn.name == "scan":
-            nc, nk = scan_counts(eqn.params)
-            (body,) = eqn.subs
-            carried = [
-                ins[nc + j] if _same(body.outputs[j], body.inputs[nc + j]) else self.new_identity()
-                for j in range(nk)
-            ]
-            xs = [self.new_identity() for _ in ins[nc + nk :]]
-            looped = invariant | set(ins[:nc]) | {c for c in carried if c in ins[nc : nc + nk]}
-            if eqn.params.get("length", 2) > 1:
-                self.walk(body, ins[:nc] + carried + xs, branch, frozenset(looped))
+    def _derive(self, eqn, key: Keys, data, scope):
+        """``random_split``/``random_fold_in`` of one key: a root named after that key."""
+        parent = key.one()
+        if parent is None:  # of a key array (under vmap): every key of it at once
+            parent = (key.root, key.rows, key.shape)
+        self.plain.setdefault(key.root, []).append((key.rows, eqn.name))
+        shape = scope.avals[eqn.outputs[0]].shape
+        if eqn.name == "random_split":
+            return [Keys.all_of(("split", parent), shape)]
+        (value,) = data
+        row = _constant_index(value)
+        if row is not None:  # fold_in(k, i) is split(k, n)[i] (JAX's default threefry)
+            return [Keys(("split", parent), (row,), tuple(shape))]
+        return [Keys.all_of(("fold", parent, _root(value)), shape)]
+
+    def fresh(self, aval):
+        """An unknown value: for a key array, keys of a new root."""
+        root = self.new_identity()
+        return Keys.all_of(root, aval.shape) if _is_key(aval) else root
+
+    def _sub_program(self, eqn, ins, branch, invariant, out_avals):
+        fresh = [self.fresh(a) for a in out_avals]
+        if eqn.name in ("scan", "while"):
+            if eqn.name == "scan":
+                nc, nk = scan_counts(eqn.params)
+                (body,) = eqn.subs
+                consts, init, xs = ins[:nc], ins[nc : nc + nk], ins[nc + nk :]
+                length = eqn.params.get("length", 2)
             else:
-                self.walk(body, ins[:nc] + carried + xs, branch, invariant)
-            return fresh
-        if eqn.name == "while":
-            p = eqn.params
-            n_cond, n_body = p["cond_nconsts"], p["body_nconsts"]
-            cond, body = eqn.subs
-            consts = ins[n_cond : n_cond + n_body]
-            init = ins[n_cond + n_body :]
+                n_cond, nc = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+                body = eqn.subs[1]
+                consts, init, xs, length = ins[n_cond : n_cond + nc], ins[n_cond + nc :], [], 2
             carried = [
-                c if _same(body.outputs[j], body.inputs[n_body + j]) else self.new_identity()
-                for j, c in enumerate(init)
+                c if _same(body.outputs[j], body.inputs[nc + j]) else self.fresh(body.avals[v])
+                for j, (c, v) in enumerate(zip(init, body.inputs[nc : nc + len(init)]))
             ]
-            looped = invariant | set(consts) | {c for c in carried if c in init}
-            self.walk(body, consts + carried, branch, frozenset(looped))
+            # One key per iteration of a scanned key array: the same keys in any loop over it.
+            sliced = [
+                Keys.all_of(("scanned", x), body.avals[v].shape)
+                if isinstance(x, Keys)
+                else self.fresh(body.avals[v])
+                for x, v in zip(xs, body.inputs[nc + len(init) :])
+            ]
+            same_every_time = [_root(c) for c in consts] + [
+                _root(c) for c, i in zip(carried, init) if c is i
+            ]
+            looped = invariant | set(same_every_time) if length > 1 else invariant
+            self.walk(body, consts + carried + sliced, branch, frozenset(looped))
             return fresh
         if eqn.name == "cond":
             for b, sub in enumerate(eqn.subs):
@@ -125,16 +204,44 @@ class _Keys:
         return fresh
 
 
+def _is_key(aval) -> bool:
+    return jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key)
+
+
+def _constant_identity(value):
+    """Small constants by value (two literals ``3`` are one), others by object."""
+    if isinstance(value, (int, float, np.ndarray, np.generic)) and np.size(value) <= 16:
+        if not _is_key(jax.typeof(value)):
+            return _freeze(np.asarray(value).tolist())
+    return id(value)
+
+
+def _constant_index(identity):
+    """The integer of a constant scalar's identity, or None."""
+    root = _root(identity)
+    if root[0] == "const" and isinstance(root[1], int) and not isinstance(root[1], bool):
+        return root[1]
+    return None
+
+
+def _root(identity):
+    return identity.root if isinstance(identity, Keys) else identity
+
+
 def _same(ref, var) -> bool:
     return type(ref) is int and ref == var
 
 
-def _derived_from(identity, roots) -> bool:
-    """Whether a key identity is one of ``roots`` or picked from one by static indexing."""
-    while identity not in roots:
-        if not (isinstance(identity, tuple) and len(identity) == 3 and identity[0] != "fresh"):
+def _derived_from(root, invariant) -> bool:
+    """Whether a key root is the same at every iteration: one of ``invariant``, or split or
+    folded (with a constant or loop-invariant value) from one."""
+    while root not in invariant:
+        if root[0] == "split":
+            root = root[1][0]
+        elif root[0] == "fold" and (_root(root[2])[0] == "const" or _root(root[2]) in invariant):
+            root = root[1][0]
+        else:
             return False
-        identity = identity[0]
     return True
 
 
@@ -148,8 +255,12 @@ def check_keys(scope: Scope):
     """Raises a ``SiteError`` where two sites draw from one key, or a loop's site draws from
     the same key every iteration; warns where a key feeds a site and a plain random call."""
     keys = _Keys()
-    keys.walk(scope, [("input", i) for i in range(len(scope.inputs))])
-    for key, uses in keys.uses.items():
+    inputs = [
+        Keys.all_of(("input", i), scope.avals[v].shape) if _is_key(scope.avals[v]) else ("input", i)
+        for i, v in enumerate(scope.inputs)
+    ]
+    keys.walk(scope, inputs)
+    for root, uses in keys.uses.items():
         for use in uses:
             if use.per_iteration:
                 raise SiteError(
@@ -166,7 +277,7 @@ def check_keys(scope: Scope):
                 )
         for i, first in enumerate(uses):
             for second in uses[i + 1 :]:
-                if not _exclusive(first, second):
+                if first.rows & second.rows and not _exclusive(first, second):
                     raise SiteError(
                         site_message(
                             first.label,
@@ -177,11 +288,14 @@ def check_keys(scope: Scope):
                             "sample call its own.",
                         )
                     )
-        if key in keys.plain:
+        plain = [
+            name for rows, name in keys.plain.get(root, ()) if any(u.rows & set(rows) for u in uses)
+        ]
+        if plain:
             warnings.warn(
                 site_message(
                     uses[0].label,
-                    f"its key also feeds a plain jax.random call (`{keys.plain[key]}`), so that "
+                    f"its key also feeds a plain jax.random call (`{plain[0]}`), so that "
                     "call's values are correlated with the site's draw.",
                     "split the key first and give the site and the other call their own keys.",
                 ),

@@ -170,7 +170,7 @@ class WhileRule(Rule):
         cond_consts = invals[: p["cond_nconsts"]]
         body_consts = invals[p["cond_nconsts"] : p["cond_nconsts"] + p["body_nconsts"]]
         init = invals[p["cond_nconsts"] + p["body_nconsts"] :]
-        cond_an = Analysis(cond_scope, [EMPTY] * len(cond_scope.inputs), ev.options)
+        cond_an = ev.analysis.nested(cond_scope, [EMPTY] * len(cond_scope.inputs))
         outer = outer_log_probs(ev, info.outer_atoms)
 
         def cond_fn(carry):

@@ -221,10 +221,34 @@ def _check_pathwise_value(site: SiteInfo, dtype):
 
 
 def _sample_abstract_eval(*operands, site):
+    _check_key_varies_with_parameters(site, *site.split(list(operands))[:2])
     key, leaves, _ = site.split([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in operands])
+    # Typed invariant inside ``jax.shard_map`` (as jax_scg always has: a loop carrying draws
+    # needs no cast); the rewrite draws with jax.random, whose values carry their true type.
     out = jax.eval_shape(lambda k, ls: draw(site, k, ls), key, leaves)
     _check_pathwise_value(site, out.dtype)
     return jax.core.ShapedArray(out.shape, out.dtype, weak_type=getattr(out, "weak_type", False))
+
+
+def _check_key_varies_with_parameters(site, key, leaves):
+    """Inside ``jax.shard_map``: parameters that differ between devices need a key that does
+    too (as under ``vmap``), else the devices' draws share their random bits."""
+    from jax_scg._src.jaxpr import varying_axes  # jaxpr.py imports this module
+
+    key_axes = varying_axes(key)
+    missing = frozenset().union(*(varying_axes(leaf) for leaf in leaves)) - key_axes
+    if missing:
+        axes = ", ".join(sorted(map(repr, missing)))
+        raise SiteError(
+            site_message(
+                site.label,
+                f"inside shard_map its parameters vary along the mesh axis {axes} but its key "
+                "is replicated there, so the devices' draws would share their random bits "
+                "(correlated draws, a wrong joint log-probability and a wrong gradient).",
+                "give each device its own key, e.g. pass jax.random.split(key, n) sharded "
+                "over that axis (in_specs=P(axis)), or fold in jax.lax.axis_index(axis).",
+            )
+        )
 
 
 def _sample_jvp(primals, tangents, *, site):
