@@ -303,3 +303,23 @@ def run():
 def test_collectives_on_eight_devices(run, check):
     passed = re.findall(r"^ok (\S+)", run.stdout, re.M)
     assert check in passed, run.stdout + run.stderr
+
+
+def test_a_collective_without_a_rule_is_refused_naming_the_site():
+    import jax
+    from jax.extend.core import Primitive
+
+    import jax_scg as scg
+    from jax_scg import distributions as D
+
+    # Stands for a collective that a newer JAX may add under another name.
+    unknown = Primitive("unknown_collective")
+    unknown.def_impl(lambda x, axes: x)
+    unknown.def_abstract_eval(lambda x, axes: x)
+
+    def loss(theta, key):
+        x = scg.sample(key, D.Bernoulli(logits=theta), name="x")
+        return unknown.bind(x, axes=("d",)) ** 2
+
+    with pytest.raises(scg.SiteError, match=r"(?s)site 'x'.*unknown_collective.*no rule"):
+        scg.grad(loss)(0.0, jax.random.key(0))

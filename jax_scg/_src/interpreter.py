@@ -50,7 +50,15 @@ from jax import lax
 
 from jax_scg._src import alignment, estimators, keys, primitive
 from jax_scg._src.errors import FallbackWarning, SiteError, site_message
-from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, bind, sum_over_varying
+from jax_scg._src.jaxpr import (
+    Const,
+    Eqn,
+    Scope,
+    aval_of,
+    bind,
+    collective_axes,
+    sum_over_varying,
+)
 
 EMPTY: frozenset = frozenset()
 _NO_NAMES: Mapping = types.MappingProxyType({})
@@ -530,6 +538,21 @@ class Rule:
                         "custom_vjp functions: sample first and pass the value in).",
                     )
                 )
+        influenced = [a for a in in_influence if a]
+        is_cast = "vary" in eqn.name or "cast" in eqn.name  # pvary/pcast: a type change only
+        if influenced and collective_axes(eqn) and not is_cast:
+            label = an.sites[site_uid(alignment.base(next(iter(influenced[0]))))]
+            raise SiteError(
+                site_message(
+                    label.params["site"].label,
+                    f"the site's value reaches `{eqn.name}`, a collective over mesh axes "
+                    f"{collective_axes(eqn)} that jax_scg has no rule for (a JAX version "
+                    "newer than it knows?), so it cannot tell whose sites the result "
+                    "depends on.",
+                    "compute one estimate per device (scg.grad of the per-device loss) and "
+                    "average the gradients with jax.lax.pmean; and please report it.",
+                )
+            )
         if len(eqn.outputs) == 1 and not eqn.subs:
             shapes = [aval_of(r, an.scope).shape for r in eqn.inputs]
             out_shape = an.scope.avals[eqn.outputs[0]].shape
