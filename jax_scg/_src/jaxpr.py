@@ -13,6 +13,7 @@ import itertools
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from jax.extend import core as jex_core
 from jax.extend import source_info_util
 
@@ -241,7 +242,8 @@ def collective_axes(eqn: Eqn) -> tuple:
     """The mesh axis names a collective (``psum``, ``ppermute``, ...) communicates over."""
     axes = eqn.params.get("axes", eqn.params.get("axis_name", ()))
     axes = axes if isinstance(axes, (tuple, list)) else (axes,)
-    return tuple(a for a in axes if not isinstance(a, int))  # ints: positional (pmap) axes
+    # Integers (Python's or NumPy's) are positional array axes (reduce_max, argmax), not names.
+    return tuple(a for a in axes if not isinstance(a, (int, np.integer)))
 
 
 def varying_axes(aval) -> frozenset:
