@@ -1,10 +1,18 @@
-"""Fuzzing: 100 random stochastic computation graphs and 24 edge programs (piecewise
-operations on reparameterised sites, keys that may collide), fixed seeds, against exact
-answers.
+"""Fuzzing: 100 random stochastic computation graphs, 24 edge programs (piecewise
+operations on reparameterised sites, keys that may collide) and 6 programs with
+collectives on a 4-device CPU mesh, fixed seeds, against exact answers.
 
 See ``tests/fuzz.py`` for the generator and the checks; ``python tests/fuzz.py --programs
-1000`` runs a longer sample and prints how many programs passed.
+1000`` runs a longer sample and prints how many programs passed; ``python tests/fuzz_mesh.py
+--programs 200`` does the same for collectives inside ``shard_map``.
 """
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fuzz import EDGE_FORMS, check, check_edge, generate, generate_edge, z_threshold
@@ -57,3 +65,19 @@ def test_generator_covers_every_fragment():
     )
     assert any(lp.envs > 1 for lp in loops) and any(lp.steps == 3 for lp in loops)
     assert sum(not p.has_pathwise and p.scan_parent < 0 for p in programs) >= 30  # exact checks
+
+
+def test_random_mesh_programs_are_unbiased():
+    """Collectives inside shard_map (``tests/fuzz_mesh.py``), in a subprocess: the forced CPU
+    devices must be set before JAX starts."""
+    script = Path(__file__).with_name("fuzz_mesh.py")
+    result = subprocess.run(
+        [sys.executable, str(script), "--programs", "6", "--samples", "4000"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "6 of 6 mesh programs passed" in result.stdout
+    counts = ast.literal_eval(re.search(r"fragments: (\{.*\})", result.stdout).group(1))
+    assert all(n > 0 for n in counts.values()), counts  # every collective and site kind
