@@ -239,6 +239,24 @@ def test_fission_under_jit_and_vmap_equals_eager():
         )
 
 
+def hlo_ops(fn, *args) -> int:
+    """Instructions in the compiled program (parameters and constants left out)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return len(re.findall(r"^\s+(?:ROOT )?%\S+ = (?!.*\b(?:parameter|constant)\()", text, re.M))
+
+
+@pytest.mark.parametrize("model", [stacked, carried], ids=["stacked", "carried"])
+def test_forward_only_costs_what_the_loop_as_written_costs(model):
+    # The value alone comes from the loop as written; derivatives from the fissioned one.
+    theta, many = jnp.array([0.1, -0.2, 0.3]), keys(920, 8)
+    value = lambda fission: jax.vmap(scg.surrogate(model, fission=fission), (None, 0))  # noqa: E731
+    assert hlo_ops(value(True), theta, many) == hlo_ops(value(False), theta, many)
+    np.testing.assert_allclose(value(True)(theta, many), value(False)(theta, many), rtol=1e-6)
+    values, grads = jax.vmap(scg.value_and_grad(model), (None, 0))(theta, many)
+    np.testing.assert_allclose(values, value(False)(theta, many), rtol=1e-6)
+    assert trip_counts(jax.vmap(scg.grad(model), (None, 0)), theta, many).count(T) == 1
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 16, 17, 150])
 def test_blocked_cumulative_sum_equals_cumsum(n, reverse):

@@ -129,13 +129,38 @@ def _surrogate(fn, has_aux: bool, options: interpreter.Options):
             )
         if options.baselines:
             _check_baseline_names(fn, scope, options.baselines)
-        objective, outputs = interpreter.evaluate_surrogate(scope, flat_args, options)
+        objective, outputs = _evaluate(scope, flat_args, options)
         if not has_aux:
             return objective
         aux_tree = jax.tree_util.tree_structure(out_shape[1])
         return objective, jax.tree_util.tree_unflatten(aux_tree, outputs[1:])
 
     return surrogate_fn
+
+
+def _has_loop(scope) -> bool:
+    return any(eqn.name == "scan" or any(map(_has_loop, eqn.subs)) for eqn in scope.eqns)
+
+
+def _evaluate(scope, flat_args, options: interpreter.Options):
+    """``interpreter.evaluate_surrogate``; with fission, the loops as written give the value
+    and the fissioned rewrite gives every derivative (a ``custom_jvp``), so a forward pass
+    alone costs what the unfissioned surrogate costs."""
+    if not (options.fission and _has_loop(scope)):
+        return interpreter.evaluate_surrogate(scope, flat_args, options)
+    as_written = dataclasses.replace(options, fission=False)
+
+    def flat(opts):
+        def run(*args):
+            objective, outputs = interpreter.evaluate_surrogate(scope, list(args), opts)
+            return (objective, *outputs)
+
+        return run
+
+    value = jax.custom_jvp(flat(as_written))
+    value.defjvp(lambda primals, tangents: jax.jvp(flat(options), primals, tangents))
+    objective, *outputs = value(*flat_args)
+    return objective, outputs
 
 
 def _check_baseline_names(fn, scope, baselines):
