@@ -8,37 +8,30 @@ key), mixes them with collectives (``psum``, ``pmean`` of a nonlinear function, 
 collectives. The exact expectation runs the same program under ``jax.vmap`` with the mesh
 axis name, at every joint outcome of every device's sites (a replicated site counted once),
 weighted by its probability; ``jax.grad``/``jax.hessian`` of it are the references. The mesh
-needs its devices before JAX starts, so the flag is set here at import and the tests run
-this file in a subprocess::
+needs its devices before JAX starts, so the flag is set when this file runs as a script (never
+on import) and the tests run it in a subprocess::
 
     python tests/fuzz_mesh.py --programs 200 --seed 0
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import itertools
+import math
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-).strip()
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import itertools  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-import jax_scg as scg  # noqa: E402
-from jax_scg import distributions as D  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
+import jax_scg as scg
+from jax_scg import distributions as D
 
 AXIS = "d"
 COLLECTIVES = ("psum", "pmean_sin", "pmax", "all_gather", "ppermute")
@@ -296,5 +289,15 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def configure_process() -> None:
+    """Four forced CPU devices and float64, for this file run as a script only: importing it
+    (pytest's doctest collection does) must not change the importing process's JAX."""
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    jax.config.update("jax_enable_x64", True)
+
+
 if __name__ == "__main__":
+    configure_process()
     sys.exit(main())

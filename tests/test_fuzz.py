@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 from fuzz import EDGE_FORMS, check, check_edge, generate, generate_edge, z_threshold
 
@@ -81,3 +82,12 @@ def test_random_mesh_programs_are_unbiased():
     assert "6 of 6 mesh programs passed" in result.stdout
     counts = ast.literal_eval(re.search(r"fragments: (\{.*\})", result.stdout).group(1))
     assert all(n > 0 for n in counts.values()), counts  # every collective and site kind
+
+
+def test_importing_the_mesh_fuzzer_leaves_jax_as_it_was():
+    """Pytest imports every file under tests/ for doctests: the fuzzer's float64 and forced
+    devices are for its own process only (a module-level switch once made other tests fail)."""
+    import fuzz_mesh  # noqa: F401
+
+    assert not jax.config.jax_enable_x64
+    assert "--xla_force_host_platform_device_count=4" not in os.environ.get("XLA_FLAGS", "")
