@@ -45,3 +45,13 @@ def test_lola_quick_runs(tmp_path):
     text = run_quick("lola.py", str(tmp_path / "lola.md"))
     assert "| look-aheads | jax_scg / hand, best [IQR] |" in text
     assert "### Equality checks" in text
+
+
+def test_lola_memory_quick_runs(tmp_path):
+    """Reads XLA's dumped buffer assignment and live ranges of both compiled updates."""
+    text = run_quick("lola_memory.py", str(tmp_path / "m.md"))
+    row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    scg_arrays, hand_arrays = (int(n) for n in cells[4].split(" / "))
+    assert scg_arrays > 0 and hand_arrays > 0  # the episodes' arrays were found at the peak
+    assert all(float(x) > 0 for x in cells[1].split(" / "))
