@@ -489,8 +489,10 @@ def fission_mismatch(program: Program) -> float:
 # clip, maximum) or x². Every f is a piecewise polynomial of degree <= 2, so E[f(x)] is exact
 # from the normal CDF and density on each piece. A program whose keys collide must raise a
 # SiteError naming both sites; any other must be unbiased ("auto" takes the score function
-# where a step meets the value) and must not warn. Hessians are checked where no pathwise
-# site meets a kink (there the pathwise second derivative misses the kink, as documented).
+# for the costs through a step and stays pathwise for the others) and must not warn.
+# Hessians are checked where no site meets a kink (a kink's cost stays pathwise even on a
+# site whose other costs step, and the pathwise second derivative misses the kink, as
+# documented).
 
 STEPS = ("round", "floor", "ceil", "sign", "gt", "where", "mod")
 KINKS = ("relu", "abs", "clip", "maximum")
@@ -531,9 +533,9 @@ class EdgeProgram:
 
     @property
     def hessian_ok(self) -> bool:
-        """No pathwise site meets a kink (a site meeting a step takes the score function)."""
-        stepped = {t.site for t in self.terms if t.form in STEPS}
-        return all(t.site in stepped for t in self.terms if t.form in KINKS)
+        """No site meets a kink (the costs through a kink are pathwise, also on a site whose
+        other costs step: "auto" gives only the costs through a step the score function)."""
+        return all(t.form not in KINKS for t in self.terms)
 
 
 def edge_name(i: int) -> str:

@@ -2,8 +2,10 @@
 
 ``round(x)`` of a reparameterised ``x`` has derivative zero almost everywhere, so the pathwise
 estimator returns zero where the expectation's derivative is not; every other
-discontinuous operation misses its jumps the same way. Under ``"auto"`` such sites take the
-score function; an explicit ``"pathwise"`` warns; continuous piecewise forms stay pathwise.
+discontinuous operation misses its jumps the same way. Under ``"auto"`` the costs through
+such an operation take the site's score function (with its value stopped in them) and its
+other costs stay pathwise; where that split does not apply, the whole site takes the score
+function. An explicit ``"pathwise"`` warns; continuous piecewise forms stay pathwise.
 
 Exact references: E[h(x)] for x ~ Normal(mu, s) by quadrature on a fixed grid of x (the
 density is differentiated, never h), so jumps are counted exactly up to the grid spacing.
@@ -71,7 +73,8 @@ def test_auto_is_unbiased_through_each_discontinuous_operation(name):
     grads = jax.jit(jax.vmap(scg.grad(model), (None, 0)))(THETA, keys(seed, 40_000))
     assert_mean_close(grads, reference, what=name)
     node = scg.graph(model)(THETA, jax.random.key(0)).sites[0]
-    assert node.estimator == "score_function"
+    # A jump inside a branch switches the whole site; elsewhere only the costs through it.
+    assert node.estimator == ("score_function" if name == "cond_step" else "pathwise")
     assert "cost jumps at" in node.note and "test_discontinuities.py" in node.note
 
 
@@ -172,3 +175,142 @@ def test_a_discontinuity_only_in_an_auxiliary_output_changes_nothing():
         pathwise, _ = scg.grad(model, has_aux=True)(THETA, key, estimator="pathwise")
         np.testing.assert_allclose(g, pathwise, rtol=1e-6)
         assert np.shape(aux) == ()
+
+
+# The per-cost split: only the costs through a jump take the score function.
+
+
+def split_reference(h_jump, h_smooth):
+    """A hand-written surrogate of E[h_jump(x) + h_smooth(x)]: the score function with the
+    value stopped for the jumping cost, pathwise for the smooth one (same draw)."""
+
+    def surrogate(theta, key):
+        dist = D.Normal(theta[0], jnp.exp(theta[1]))
+        x = dist.sample(key)
+        stopped = lax.stop_gradient(x)
+        return scg.magic_box(dist.log_prob(stopped)) * h_jump(stopped, theta) + h_smooth(x, theta)
+
+    return surrogate
+
+
+SPLITS = {
+    "round_plus_square": (lambda x, th: jnp.round(x), lambda x, th: x**2),
+    "product_with_the_value": (lambda x, th: jnp.round(x) * x, lambda x, th: jnp.sin(x) * th[1]),
+    "step_and_quadratic": (
+        lambda x, th: 3.0 * jnp.where(x > 0.2, 1.0, 0.0),
+        lambda x, th: (x - th[0] * th[1]) ** 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_costs_away_from_the_jump_stay_pathwise_key_by_key(name):
+    h_jump, h_smooth = SPLITS[name]
+    model = normal_model(lambda x, th: h_jump(x, th) + h_smooth(x, th))
+    hand = jax.grad(split_reference(h_jump, h_smooth))
+    for key in keys(1350 + list(SPLITS).index(name), 4):
+        for transform in (lambda f: f, jax.jit):
+            np.testing.assert_allclose(
+                transform(scg.grad(model))(THETA, key), hand(THETA, key), rtol=1e-5, atol=1e-6
+            )
+    assert "pathwise for the others" in scg.graph(model)(THETA, jax.random.key(0)).sites[0].note
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_the_split_is_unbiased_and_beats_the_whole_site_score(name):
+    h_jump, h_smooth = SPLITS[name]
+
+    def h(x, th):
+        return h_jump(x, th) + h_smooth(x, th)
+
+    reference = exact(h)
+    ks = keys(1360 + list(SPLITS).index(name), 40_000)
+    split = jax.jit(jax.vmap(scg.grad(normal_model(h)), (None, 0)))(THETA, ks)
+    whole = jax.jit(jax.vmap(scg.grad(normal_model(h, "score_function")), (None, 0)))(THETA, ks)
+    assert_mean_close(split, reference, what=name)
+    assert_mean_close(whole, reference, what=f"{name}, whole site")
+    if name != "product_with_the_value":  # there the jumping cost dominates both
+        ratio = np.var(split, 0) / np.var(whole, 0)
+        assert np.all(ratio < 0.8), ratio
+
+
+def test_split_hessian_is_unbiased():
+    h_jump, h_smooth = SPLITS["round_plus_square"]
+
+    def h(x, th):
+        return h_jump(x, th) + h_smooth(x, th)
+
+    hessians = jax.jit(jax.vmap(jax.hessian(scg.surrogate(normal_model(h))), (None, 0)))(
+        THETA, keys(1370, 40_000)
+    )
+    assert_mean_close(hessians.reshape(-1, 4), exact(h, jax.hessian).reshape(4), what="Hessian")
+
+
+def test_a_jump_times_another_sites_value():
+    """``round(x) * y`` with y a score-function site: the jump is a coefficient of y's cost,
+    so that cost takes both scores (the cost tree stops at the jump)."""
+
+    def model(theta, key):
+        kx, ky = jax.random.split(key)
+        x = scg.sample(kx, D.Normal(theta[0], jnp.exp(theta[1])), name="x")
+        y = scg.sample(ky, D.Bernoulli(logits=theta[1] - 0.4), name="y")
+        return jnp.round(x) * y + x**2
+
+    def expectation_given_x(x, theta):
+        return jnp.round(x) * jax.nn.sigmoid(theta[1] - 0.4) + x**2
+
+    reference = exact(expectation_given_x)
+    grads = jax.jit(jax.vmap(scg.grad(model), (None, 0)))(THETA, keys(1371, 40_000))
+    assert_mean_close(grads, reference, what="round(x) * y")
+
+
+def test_vectorised_site_split():
+    def model(theta, key):
+        x = scg.sample(key, D.Normal(theta[0] * jnp.arange(1.0, 4.0), jnp.exp(theta[1])))
+        return jnp.sum(jnp.floor(x)) + jnp.sum(x**2) / 3.0
+
+    def expectation(theta):
+        x = jnp.linspace(-14.0, 14.0, 280_001)
+        total = 0.0
+        for i in range(1, 4):
+            density = jax.scipy.stats.norm.pdf(x, theta[0] * i, jnp.exp(theta[1]))
+            total = total + jnp.sum((jnp.floor(x) + x**2 / 3.0) * density) * (x[1] - x[0])
+        return total
+
+    with jax.enable_x64(True):
+        reference = np.asarray(jax.grad(expectation)(jnp.asarray(THETA, jnp.float64)))
+    grads = jax.vmap(scg.grad(model), (None, 0))(THETA, keys(1372, 40_000))
+    assert_mean_close(grads, reference, what="vectorised")
+    assert scg.graph(model)(THETA, jax.random.key(0)).sites[0].estimator == "pathwise"
+
+
+def test_where_the_split_does_not_apply_the_whole_site_switches():
+    """The value feeds another site through a jump: that site's score would need the value
+    stopped too, so every cost of the site takes the score function."""
+
+    def model(theta, key):
+        kx, ky = jax.random.split(key)
+        x = scg.sample(kx, D.Normal(theta[0], jnp.exp(theta[1])), name="x")
+        y = scg.sample(ky, D.Bernoulli(logits=jnp.round(x)), name="y")
+        return y + x**2
+
+    def expectation_given_x(x, theta):
+        return jax.nn.sigmoid(jnp.round(x)) + x**2
+
+    node = scg.graph(model)(THETA, jax.random.key(0)).sites[0]
+    assert node.estimator == "score_function" and "every cost" in node.note
+    grads = jax.jit(jax.vmap(scg.grad(model), (None, 0)))(THETA, keys(1373, 40_000))
+    assert_mean_close(grads, exact(expectation_given_x), what="feeds a site")
+
+
+def test_a_baseline_by_name_gives_the_whole_site_the_score_function():
+    """A baseline acts on a score term: a split site given one by name takes the score
+    function for every cost, as with ``sample(..., baseline=...)``."""
+    h = DISCONTINUOUS["mixed_with_continuous"]
+    for key in keys(1374, 3):
+        for baseline in (0.7, 0.0):
+            got = scg.grad(normal_model(h), baselines={"x": baseline})(THETA, key)
+            want = scg.grad(normal_model(h, "score_function"), baselines={"x": baseline})(
+                THETA, key
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-6)

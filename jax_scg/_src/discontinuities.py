@@ -39,6 +39,8 @@ _STEPS = frozenset({"round", "floor", "ceil", "sign"})
 _JUMPY = frozenset({"rem"})
 # The user's own derivative rules (and stop_gradient): not looked into.
 _OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
+# Sub-programs called once, as a function is: a jump inside one is a jump of the call.
+_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"})
 
 
 def _inexact(aval) -> bool:
@@ -61,12 +63,20 @@ class Jump:
 
 
 class _Walker:
-    def __init__(self):
+    def __init__(self, root: Scope):
+        self.root = root
         self.origins: dict = {}  # site uid -> Jump (the first operation that made it jump)
         self.sites: dict = {}  # site uid -> site Eqn
+        self.top: Eqn | None = None  # the top-level equation being walked
+        self.points: dict = {}  # site uid -> uids of the top-level equations where it jumps
+        self.whole_site: set = set()  # site uids the per-cost split cannot serve
 
     def jump(self, uid, eqn: Eqn):
         self.origins.setdefault(uid, Jump(eqn.name, eqn.source))
+        top = self.top
+        self.points.setdefault(uid, set()).add(top.uid)
+        if top.subs and top.name not in _CALLS:  # a jump inside a loop or branch
+            self.whole_site.add(uid)
         return ("jump", uid)
 
     def walk(self, scope: Scope, in_marks) -> list:
@@ -76,11 +86,15 @@ class _Walker:
             return EMPTY if isinstance(ref, Const) else env.get(ref, EMPTY)
 
         for eqn in scope.eqns:
+            if scope is self.root:
+                self.top = eqn
             outs = self.equation(scope, eqn, [of(r) for r in eqn.inputs])
             env.update(zip(eqn.outputs, outs))
         return [of(r) for r in scope.outputs]
 
     def equation(self, scope: Scope, eqn: Eqn, ins) -> list:
+        if eqn.subs:
+            self.check_split(eqn, ins)
         if eqn.is_site:
             return [self.site(scope, eqn, ins)]
         if eqn.name == "stop_gradient":
@@ -99,10 +113,24 @@ class _Walker:
                 return self.walk(sub, ins)
         return self.default(scope, eqn, ins)
 
+    def check_split(self, eqn: Eqn, ins) -> None:
+        """The per-cost split stays at the top level: a site's value may not enter a
+        sub-program with sites in it, nor a jumped value any sub-program."""
+        marks = _union(ins)
+        with_sites = any(sub.first_site_label() is not None for sub in eqn.subs)
+        for kind, uid in marks:
+            if with_sites or kind == "jump":
+                self.whole_site.add(uid)
+
     def site(self, scope: Scope, eqn: Eqn, ins) -> frozenset:
         site = eqn.params["site"]
         _, leaves, _ = site.split(list(ins))
         parents = _union(leaves)
+        # A site whose parameters depend on a pathwise site's value: that site's costs
+        # through this one would need its value stopped in this site's score too.
+        self.whole_site.update(uid for _, uid in _union(ins))
+        if scope is not self.root or site.has_baseline:
+            self.whole_site.add(eqn.uid)
         estimator = site.resolved_estimator(scope.avals[eqn.outputs[0]].dtype)
         if estimator == primitive.SCORE_FUNCTION or not _inexact(scope.avals[eqn.outputs[0]]):
             # The value is drawn (not differentiated); its parameters' influence goes
@@ -205,28 +233,38 @@ class _Walker:
 
 def find_jumps(scope: Scope) -> dict:
     """Pathwise sites whose value reaches output 0 through a discontinuity: uid -> (site
-    equation, ``Jump``)."""
-    walker = _Walker()
+    equation, ``Jump``, uids of the top-level equations where it jumps, or an empty set
+    where the per-cost split does not apply)."""
+    walker = _Walker(scope)
     (cost, *_) = walker.walk(scope, [EMPTY] * len(scope.inputs))
-    return {
-        uid: (walker.sites[uid], walker.origins[uid])
-        for kind, uid in cost
-        if kind == "jump" and uid in walker.sites
-    }
+    found = {}
+    for kind, uid in cost:
+        if kind == "jump" and uid in walker.sites:
+            split = uid not in walker.whole_site
+            points = frozenset(walker.points[uid]) if split else frozenset()
+            found[uid] = (walker.sites[uid], walker.origins[uid], points)
+    return found
 
 
 def mark_discontinuous_sites(scope: Scope, warn: bool = True) -> dict:
-    """Switches ``estimator="auto"`` sites whose cost jumps in their value to the score
-    function (recorded in their ``SiteInfo.discontinuity``); warns for explicit pathwise ones.
+    """Gives ``estimator="auto"`` sites whose cost jumps in their value the score function
+    where the cost jumps (recorded in their ``SiteInfo``); warns for explicit pathwise ones.
+
+    Where the split applies (the site, its jumps and the costs after them in the top-level
+    program, its value feeding no other site), the site stays pathwise and only the costs
+    computed from the jumping operations take its score (``SiteInfo.score_through``);
+    elsewhere the whole site takes the score function.
 
     Returns:
       site uid -> the ``Jump`` found, for every flagged site.
     """
     found = find_jumps(scope)
-    for eqn, jump in found.values():
+    for eqn, jump, points in found.values():
         site = eqn.params["site"]
         if site.estimator == "auto":
-            eqn.params["site"] = dataclasses.replace(site, discontinuity=jump.describe())
+            eqn.params["site"] = dataclasses.replace(
+                site, discontinuity=jump.describe(), score_through=points
+            )
         elif warn:
             warnings.warn(
                 site_message(
@@ -241,4 +279,14 @@ def mark_discontinuous_sites(scope: Scope, warn: bool = True) -> dict:
                 FallbackWarning,
                 stacklevel=4,
             )
-    return {uid: jump for uid, (_, jump) in found.items()}
+    return {uid: jump for uid, (_, jump, _) in found.items()}
+
+
+def unsplit_named_sites(scope: Scope, names) -> None:
+    """Sites given a baseline or an offset by name take the score function for every cost,
+    as an unnamed site with ``baseline=`` does (the per-cost split has no score term for
+    the costs it keeps pathwise)."""
+    for eqn in scope.sites():
+        site = eqn.params["site"]
+        if site.score_through and site.name in names:
+            eqn.params["site"] = dataclasses.replace(site, score_through=frozenset())

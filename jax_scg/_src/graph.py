@@ -43,8 +43,11 @@ class Node:
         ``"whole site (no rule for OP)"`` where an operation without a per-element rule
         forced it (a ``FallbackWarning``); else None.
       note: for sites, why the estimator is not the default one, e.g. ``"auto: the cost jumps
-        at `round` (model.py:12)"`` where a reparameterised site's value meets a
-        discontinuity (``estimator="auto"`` then takes the score function); else None.
+        at `round` (model.py:12): ..."`` where a reparameterised site's value meets a
+        discontinuity: ``estimator="auto"`` then takes the score function for the costs
+        through the jumps and stays pathwise for the others (the site's ``estimator`` is
+        then ``"pathwise"``), or, where that split does not apply (a jump inside a loop or
+        branch, the value feeding another site), for every cost; else None.
     """
 
     id: str
@@ -270,7 +273,7 @@ class _Builder:
             distribution=site.distribution,
             baseline=None if baseline is None else tuple(sorted(of(baseline))),
             in_loop=in_loop,
-            note=f"auto: the cost jumps at {site.discontinuity}" if site.discontinuity else None,
+            note=_discontinuity_note(site),
         )
         self.edges |= {(p, node_id) for p in parents}
         return node_id
@@ -280,6 +283,17 @@ class _Builder:
         self._cost_count += 1
         self.nodes[node_id] = Node(node_id, "cost", label, tuple(shape), in_loop=in_loop)
         self.edges |= {(p, node_id) for p in parents}
+
+
+def _discontinuity_note(site) -> str | None:
+    if not site.discontinuity:
+        return None
+    if site.score_through:
+        return (
+            f"auto: the cost jumps at {site.discontinuity}: score function for the costs "
+            "through the jumps, pathwise for the others"
+        )
+    return f"auto: the cost jumps at {site.discontinuity}: score function for every cost"
 
 
 def graph(fn, argnums=0):

@@ -209,10 +209,24 @@ class Analysis:
         self.passthrough: dict = {}
         self.provided: frozenset = frozenset()
         self.needed: set = set()
+        # The per-cost split of discontinuous sites (discontinuities.py): the top-level
+        # equations where a pathwise site's value jumps -> that site's atom, which their
+        # outputs carry (so the costs after them take its score), and the variables
+        # computed from such a site's value (recomputed with it stopped for those costs).
+        self.jump_atoms: dict = _jump_atoms(scope) if depth == 0 else {}
+        self.split_atoms: frozenset = frozenset().union(*self.jump_atoms.values())
+        self.split_values: set = set()
         for eqn in scope.eqns:
             rule = rule_for(eqn)
             in_influence = [self.of(r) for r in eqn.inputs]
             outs = rule.influence(self, eqn, in_influence)
+            if eqn.uid in self.jump_atoms:
+                outs = [o | self.jump_atoms[eqn.uid] for o in outs]
+            if self.split_atoms and (
+                ("site", eqn.uid) in self.split_atoms
+                or any(r in self.split_values for r in eqn.inputs if type(r) is int)
+            ):
+                self.split_values.update(eqn.outputs)
             self.influence.update(zip(eqn.outputs, outs))
             self.diff.update(zip(eqn.outputs, rule.differentiable(self, eqn)))
             self._track_fallbacks(eqn, rule, in_influence, outs)
@@ -284,10 +298,10 @@ class Analysis:
         self.tree = tree
         for eqn in reversed(self.scope.eqns):
             tree_outputs = [i for i, o in enumerate(eqn.outputs) if o in tree]
-            if not tree_outputs:
-                continue
+            if not tree_outputs or eqn.uid in self.jump_atoms:
+                continue  # (a jump is a cost node: its site's score multiplies all of it)
             linear_inputs = rule_for(eqn).mark(self, eqn, tree_outputs)
-            if linear_inputs is None:
+            if linear_inputs is None or self._splits_coefficient(eqn, linear_inputs):
                 continue
             self.passthrough[eqn.uid] = linear_inputs
             tree.update(
@@ -295,6 +309,20 @@ class Analysis:
             )
         if collapse:
             self._collapse_uniform_subtrees()
+
+    def _splits_coefficient(self, eqn: Eqn, linear_inputs) -> bool:
+        """Whether a coefficient depends on a split site's value while a linear input takes
+        its score: the product is then one cost node, with the value stopped in all of it."""
+        if not self.split_atoms:
+            return False
+        scored = any(
+            self.of(r) & self.split_atoms for i, r in enumerate(eqn.inputs) if i in linear_inputs
+        )
+        return scored and any(
+            r in self.split_values
+            for i, r in enumerate(eqn.inputs)
+            if i not in linear_inputs and type(r) is int
+        )
 
     def _collapse_uniform_subtrees(self):
         """Makes a cost node of every tree variable whose cost nodes all share its atoms.
@@ -324,6 +352,11 @@ class Analysis:
         # Keep passthrough only where needed: a uniform output becomes a leaf.
         for eqn in collapsible:
             del self.passthrough[eqn.uid]
+
+    def defining_eqn(self, var) -> Eqn:
+        if not hasattr(self, "_defining"):
+            self._defining = {o: e for e in self.scope.eqns for o in e.outputs}
+        return self._defining[var]
 
     def leaves(self):
         computed = {o for e in self.scope.eqns if e.uid in self.passthrough for o in e.outputs}
@@ -394,6 +427,7 @@ class Evaluation:
         self._boxes: dict = {}
         self._taus: dict = {}
         self._recent: list = []
+        self._stopped: dict = {}
         self.baseline_terms: list = []
         for eqn in analysis.scope.eqns:
             if eqns is None or eqn.uid in eqns:
@@ -431,14 +465,36 @@ class Evaluation:
                 return ref.value
             return branches.factor((), jnp.shape(ref.value)) * ref.value
         if ref not in self.surrogates:
-            value = self.env[ref]
             atoms = self.analysis.of(ref)
+            split = atoms & self.analysis.split_atoms
+            value = self.stopped(ref, split) if split else self.env[ref]
             if atoms or branches is not None:
                 value = self.box(atoms, jnp.shape(value)).astype(jnp.result_type(value)) * value
             if branches is not None:
                 value = branches.centre(atoms, value)
             self.surrogates[ref] = value
         return self.surrogates[ref]
+
+    def stopped(self, ref, atoms: frozenset):
+        """``ref``'s value recomputed with the values of the sites of ``atoms`` (split
+        discontinuous sites) stopped: a cost that takes their score has no pathwise path
+        from them. Equal in value; under ``jit`` XLA shares the forward computation."""
+        an = self.analysis
+        if isinstance(ref, Const):
+            return ref.value
+        if ref not in an.split_values:
+            return self.env[ref]
+        cache = self._stopped.setdefault(atoms, {})
+        if ref not in cache:
+            eqn = an.defining_eqn(ref)
+            if ("site", eqn.uid) in an.split_atoms:
+                values = [self.env[ref]]
+                if ("site", eqn.uid) in atoms:
+                    values = [lax.stop_gradient(values[0])]
+            else:
+                values = bind(eqn, [self.stopped(r, atoms) for r in eqn.inputs])
+            cache.update(zip(eqn.outputs, values))
+        return cache[ref]
 
     def box(self, atoms: frozenset, shape=()):
         """⊡ of the atoms' log-probabilities, laid out on a cost of ``shape``.
@@ -667,6 +723,9 @@ class SampleRule(Rule):
                         'estimator="score_function" for this site.',
                     )
                 )
+            if site.score_through and an.depth == 0:  # split: the jumps' costs score it
+                an.local_atoms.append(("site", eqn.uid))
+                an.lp_shapes[("site", eqn.uid)] = log_prob_shape
             return [ancestors]
         atom = ("site", eqn.uid)
         an.local_atoms.append(atom)
@@ -725,6 +784,11 @@ class SampleRule(Rule):
                 branches.centred[eqn.uid] = centred
         elif isinstance(estimator, estimators.Relaxation):
             value = primitive.relaxed_draw(site, estimator, key, leaves)
+        elif site.score_through and atom in ev.analysis.split_atoms:
+            # Pathwise, and the score for the costs through its jumps (value stopped there).
+            if ev.log_probs and atom in ev.analysis.needed and atom not in ev.lp_elems:
+                stopped = lax.stop_gradient(value)
+                ev.lp_elems[atom] = _site_log_probs(ev.options, site, stopped, leaves, None)
         elif estimator == primitive.SCORE_FUNCTION:
             value = lax.stop_gradient(value)
             baseline = _baseline_for(site, baseline, ev.options)
@@ -735,6 +799,16 @@ class SampleRule(Rule):
                 log_probs = ev.lp_elems[atom]
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
         ev.set_outputs(eqn, [value])
+
+
+def _jump_atoms(scope: Scope) -> dict:
+    """``{top-level equation uid: atoms}``: where split discontinuous sites jump."""
+    out: dict = {}
+    for eqn in scope.eqns:
+        site = eqn.params.get("site") if eqn.is_site else None
+        for uid in site.score_through if site is not None else ():
+            out[uid] = out.get(uid, EMPTY) | {("site", eqn.uid)}
+    return out
 
 
 def _site_log_probs(options: Options, site, value, leaves, baseline):

@@ -51,7 +51,12 @@ class SiteInfo:
       distribution: the distribution's class name (for ``scg.graph``).
       discontinuity: for an ``"auto"`` site whose cost jumps in its value (``round``, a step,
         an index computed from it; see ``discontinuities.py``), the operation and its source
-        line; ``"auto"`` then means the score function. Empty otherwise.
+        line; ``"auto"`` then means the score function (for the costs reached through a
+        jump only, where ``score_through`` is set). Empty otherwise.
+      score_through: for such a site, the uids of the program's top-level equations where
+        its value jumps, when the per-cost split applies (``discontinuities.py``): the site
+        stays pathwise, and the costs computed from those equations' outputs take its score
+        function instead, with its value stopped in them. Empty: the whole site switches.
     """
 
     treedef: Any
@@ -65,6 +70,7 @@ class SiteInfo:
     has_value: bool = False
     distribution: str = ""
     discontinuity: str = ""
+    score_through: frozenset = frozenset()
 
     def planted(self, operands):
         """The value planted by ``scg.condition`` (the operand after the baseline), or None."""
@@ -96,7 +102,7 @@ class SiteInfo:
         """The estimator that ``"auto"`` stands for, given the dtype of the sampled value."""
         if self.estimator != "auto":
             return self.estimator
-        if self.discontinuity:
+        if self.discontinuity and not self.score_through:
             return SCORE_FUNCTION
         continuous = jnp.issubdtype(value_dtype, jnp.inexact)
         return PATHWISE if self.reparameterized and continuous else SCORE_FUNCTION
@@ -412,7 +418,9 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
       dist: a distribution: any pytree with ``sample(key)``, ``log_prob(value)`` and a boolean
         ``is_reparameterized`` (see ``jax_scg.distributions``).
       estimator: ``"auto"`` (pathwise when the distribution is reparameterised and its value
-        continuous, score function otherwise), ``"score_function"``, ``"pathwise"``, or
+        continuous, score function otherwise; for the costs computed through a
+        discontinuity in a pathwise value, such as ``round(x)``, the score function),
+        ``"score_function"``, ``"pathwise"``, or
         another estimator by name or value (``"enumerate"``, ``"disarm"``, ``"arm"``,
         ``"measure_valued"``, ``"gumbel_softmax"``, ``"straight_through"``; see
         ``jax_scg.estimators``).

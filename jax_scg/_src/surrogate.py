@@ -129,6 +129,9 @@ def _surrogate(fn, has_aux: bool, options: interpreter.Options):
             )
         if options.baselines:
             _check_baseline_names(fn, scope, options.baselines)
+        named = {*options.baselines, *options.log_prob_offsets}
+        if named:
+            discontinuities.unsplit_named_sites(scope, named)
         objective, outputs = _evaluate(scope, flat_args, options)
         if not has_aux:
             return objective
