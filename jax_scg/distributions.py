@@ -1,6 +1,7 @@
 """Probability distributions for stochastic computation graphs (public API).
 
-See :mod:`jax_scg._src.distributions` for the distribution protocol.
+See :mod:`jax_scg._src.distributions` for the distribution protocol, and
+:mod:`jax_scg._src.kl` for the closed-form KL divergences (``kl_divergence``, ``register_kl``).
 """
 
 from jax_scg._src.distributions import Bernoulli as Bernoulli
@@ -14,6 +15,8 @@ from jax_scg._src.distributions import Normal as Normal
 from jax_scg._src.distributions import OneHotCategorical as OneHotCategorical
 from jax_scg._src.distributions import Poisson as Poisson
 from jax_scg._src.distributions import Uniform as Uniform
+from jax_scg._src.kl import kl_divergence as kl_divergence
+from jax_scg._src.kl import register_kl as register_kl
 
 __all__ = [
     "Bernoulli",
@@ -27,4 +30,6 @@ __all__ = [
     "OneHotCategorical",
     "Poisson",
     "Uniform",
+    "kl_divergence",
+    "register_kl",
 ]
