@@ -86,6 +86,48 @@ def test_leave_one_out_under_jit_and_vmap():
     close(jax.jit(jax.vmap(jac, in_axes=(None, 0)))(THETA, ks), jnp.stack(eager_h))
 
 
+# --- leave_one_out_surrogate --------------------------------------------------------------
+# The same estimator as a surrogate (Mao et al. 2019's form): jax.hessian of it directly, and
+# a gradient of it inside an outer jax.grad (LOLA's look-ahead).
+
+
+def test_leave_one_out_surrogate_is_unbiased_at_first_and_second_order():
+    exact = flat(jax.grad(chain_exact)(THETA), jax.hessian(chain_exact)(THETA))
+    for seed, stop in ((7113, True), (7114, False)):
+        s = scg.baselines.leave_one_out_surrogate(chain, 4, stop_gradient=stop)
+        both = lambda t, k, s=s: flat(jax.grad(s)(t, k), jax.hessian(s)(t, k))  # noqa: E731
+        assert_mean_close(mc(both, THETA, seed=seed, n=N), exact, what=f"stop_gradient={stop}")
+
+
+def test_stopped_leave_one_out_baselines_lower_the_hessian_variance():
+    """Differentiating the baselines adds mean-zero terms at second order: measured, they
+    add variance (5x in total on this chain), so stop_gradient=True is the default."""
+    variances = {}
+    for stop in (True, False):
+        s = scg.baselines.leave_one_out_surrogate(chain, 4, stop_gradient=stop)
+        hessians = mc(jax.hessian(s), THETA, seed=7115, n=N).reshape(N, -1)  # same keys
+        variances[stop] = float(np.var(np.asarray(hessians, np.float64), 0).sum())
+    assert variances[True] < 0.5 * variances[False], variances
+
+
+def test_leave_one_out_surrogate_value_jit_vmap_and_outer_gradient():
+    s = scg.baselines.leave_one_out_surrogate(chain, 4)
+    weights = jnp.array([0.5, -1.0, 2.0])
+    for key in keys(7116, 3):
+        copies = jax.vmap(lambda k: chain(THETA, k))(jax.random.split(key, 4))
+        close(s(THETA, key), jnp.mean(copies))  # the value is the copies' mean cost
+        close(jax.jit(s)(THETA, key), s(THETA, key))
+        close(jax.grad(s)(THETA, key), LOO(THETA, key))
+        hessian = jax.hessian(s)(THETA, key)
+        close(jax.jit(jax.jacrev(jax.grad(s)))(THETA, key), hessian, rtol=1e-5)
+        # A look-ahead: an outer gradient through the inner estimate is its Hessian's row sum.
+        outer = jax.grad(lambda t, k=key: jnp.dot(weights, jax.grad(s)(t, k)))(THETA)
+        close(outer, weights @ hessian, rtol=1e-5)
+    ks = keys(7117, 3)
+    batched = jax.jit(jax.vmap(jax.hessian(s), in_axes=(None, 0)))(THETA, ks)
+    close(batched, jnp.stack([jax.hessian(s)(THETA, k) for k in ks]), rtol=1e-5)
+
+
 # --- moving_average -----------------------------------------------------------------------
 
 AVERAGE = scg.baselines.moving_average(0.7)

@@ -1,8 +1,10 @@
 """Baselines that need more than the current program, as small values in the style of optax.
 
-- ``leave_one_out(fn, num_samples)``: K copies of the single-sample program; each copy's
-  named sites get the mean downstream cost of the other K - 1 copies as baseline (Kool et
-  al. 2019, "Buy 4 REINFORCE samples, get a baseline for free").
+- ``leave_one_out_surrogate(fn, num_samples)``: K copies of the single-sample program; each
+  copy's named sites get the mean downstream cost of the other K - 1 copies as baseline
+  (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free"), in the surrogate
+  form of Mao et al. (2019), so that derivatives of every order are unbiased;
+  ``leave_one_out(fn, num_samples)`` is its gradient.
 - ``moving_average(decay)``: a bias-corrected exponential moving average of each named
   site's downstream cost, with its state passed in and out functionally.
 
@@ -18,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_scg._src.surrogate import downstream_costs, grad
+from jax_scg._src.surrogate import downstream_costs, surrogate
 
 
 def _with_key(args, key_argnum, key):
@@ -27,8 +29,61 @@ def _with_key(args, key_argnum, key):
     return args
 
 
+def leave_one_out_surrogate(
+    fn, num_samples: int, *, key_argnum: int = 1, stop_gradient: bool = True
+):
+    """K copies of ``fn`` with leave-one-out baselines, as one surrogate objective.
+
+    With keys ``k_1..k_K`` split from the key argument, the value is the mean over copies
+    ``i`` of ``scg.surrogate(fn, baselines=B_i)`` at key ``k_i``, where ``B_i[w]`` is the mean
+    over the other copies ``j != i`` of copy ``j``'s downstream cost of site ``w``
+    (``scg.downstream_costs``). That is Mao et al. (2019)'s form
+    ``S = (1/K) Σ_i [Σ_c ⊡(τ_i,c) c_i + Σ_w ⊡(anc_i,w) (1 − ⊡(log p_i,w)) B_i,w]``:
+    ``B_i`` does not depend on copy ``i``'s draws, so every term factorises and derivatives
+    of every order (``jax.grad``, ``jax.hessian``, a gradient inside an outer ``jax.grad``
+    as in LOLA's look-ahead) are unbiased; the value is the mean of the copies' costs.
+
+    Args:
+      fn: the single-sample program ``fn(*args) -> scalar`` with named score sites.
+      num_samples: K >= 2 copies, drawn from ``jax.random.split`` of the key argument.
+      key_argnum: position of the PRNG key among ``fn``'s arguments.
+      stop_gradient: the baselines ``B_i`` carry no derivative (the default). ``False``
+        differentiates them too (as DiCE surrogates of the other copies' costs): the terms
+        this adds from the second order on have mean zero, and measured on a two-site chain
+        they raise the Hessian estimate's variance (README, "Baselines and validation").
+
+    Returns:
+      A function of ``fn``'s arguments returning the scalar surrogate.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> f = lambda t, k: scg.sample(k, D.Bernoulli(logits=t), name="x") * 2.0
+      >>> s = scg.baselines.leave_one_out_surrogate(f, 4)
+      >>> jax.hessian(s)(0.3, jax.random.key(0)).shape
+      ()
+    """
+    if num_samples < 2:
+        raise ValueError("leave_one_out needs num_samples >= 2 (one copy has no others).")
+    k = num_samples
+    costs_fn = downstream_costs(fn, stop_gradient=stop_gradient)
+
+    def surrogate_fn(*args):
+        keys = jax.random.split(args[key_argnum], k)
+        costs = jax.vmap(lambda key: costs_fn(*_with_key(args, key_argnum, key)))(keys)
+        others = jax.tree_util.tree_map(lambda c: (c.sum(0, keepdims=True) - c) / (k - 1), costs)
+
+        def one(key, baselines):
+            return surrogate(fn, baselines=baselines)(*_with_key(args, key_argnum, key))
+
+        return jnp.mean(jax.vmap(one)(keys, others))
+
+    return surrogate_fn
+
+
 def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
-    """A gradient estimator averaging ``num_samples`` copies with leave-one-out baselines.
+    """A gradient estimator averaging ``num_samples`` copies with leave-one-out baselines:
+    ``jax.grad`` of ``leave_one_out_surrogate``.
 
     Args:
       fn: the single-sample program ``fn(*args) -> scalar`` with named score sites.
@@ -46,24 +101,8 @@ def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
       >>> scg.baselines.leave_one_out(f, 4)(0.3, jax.random.key(0)).shape
       ()
     """
-    if num_samples < 2:
-        raise ValueError("leave_one_out needs num_samples >= 2 (one copy has no others).")
-    k = num_samples
-
-    def estimate(*args):
-        keys = jax.random.split(args[key_argnum], k)
-        costs_of = lambda key: downstream_costs(fn)(*_with_key(args, key_argnum, key))  # noqa: E731
-        costs = jax.vmap(costs_of)(keys)
-        others = jax.tree_util.tree_map(lambda c: (c.sum(0, keepdims=True) - c) / (k - 1), costs)
-
-        def one(key, baselines):
-            g = grad(fn, argnums=argnums, baselines=baselines)
-            return g(*_with_key(args, key_argnum, key))
-
-        grads = jax.vmap(one)(keys, others)
-        return jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), grads)
-
-    return estimate
+    loo = leave_one_out_surrogate(fn, num_samples, key_argnum=key_argnum)
+    return jax.grad(loo, argnums=argnums)
 
 
 class MovingAverageState(NamedTuple):

@@ -326,7 +326,7 @@ def _at_call_time(make_gradient, options: interpreter.Options, fn):
     return gradient
 
 
-def downstream_costs(fn, *, has_aux: bool = False):
+def downstream_costs(fn, *, has_aux: bool = False, stop_gradient: bool = True):
     """The downstream cost Q̂ of every named score-function site: what its score multiplies.
 
     Q̂ is the sum of the costs (the objective's summands, with their linear coefficients)
@@ -334,8 +334,15 @@ def downstream_costs(fn, *, has_aux: bool = False):
     is what a baseline should approximate; ``jax_scg.baselines`` builds on it. Named sites
     inside loops or branches are not reported.
 
+    Args:
+      fn: the program, as for ``surrogate``.
+      has_aux: whether ``fn`` returns ``(objective, aux)``.
+      stop_gradient: return values without a derivative (the default); ``False`` returns
+        each Q̂ as a DiCE surrogate of itself, whose derivatives of every order estimate
+        those of the site's expected downstream cost.
+
     Returns:
-      A function with ``fn``'s signature returning ``{name: Q̂}`` (values, no gradient).
+      A function with ``fn``'s signature returning ``{name: Q̂}``.
 
     Examples:
       >>> import jax, jax_scg as scg
@@ -367,6 +374,7 @@ def downstream_costs(fn, *, has_aux: bool = False):
             )
         dtype = jnp.result_type(float)
         zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
-        return jax.lax.stop_gradient(jax.grad(objective)(zeros))
+        costs = jax.grad(objective)(zeros)
+        return jax.lax.stop_gradient(costs) if stop_gradient else costs
 
     return costs_fn
