@@ -84,3 +84,42 @@ def test_dot_text_figure_and_surrogate_dump():
     assert len(ax.patches) == len(g.nodes)
     assert "exp" in g.surrogate_text  # the magic boxes of the rewritten surrogate
     assert "s1" in str(g) and "<- s0, theta" in str(g)
+
+
+def _rollout(theta, key, dist):
+    def step(s, k):
+        a = scg.sample(k, dist(theta[0] + theta[1] * s), name="a")
+        s = 0.8 * s + a - 0.5
+        return s, -((s - 1.0) ** 2)
+
+    return lax.scan(step, 0.0, jax.random.split(key, 5))[1].sum()
+
+
+def test_each_loop_says_whether_it_is_fissioned():
+    theta = jnp.zeros(2)
+    fissioned = scg.graph(lambda t, k: _rollout(t, k, lambda z: D.Bernoulli(logits=z)))
+    g = fissioned(theta, KEY)
+    assert [n.loop for n in g.sites + g.costs] == ["fissioned", "fissioned"]
+    assert g.fallbacks == {} and "loop fissioned" in str(g)
+    # A pathwise action in the carry: a derivative flows through it, the loop stays as it is.
+    kept = scg.graph(lambda t, k: _rollout(t, k, lambda z: D.Normal(z, 1.0)))(theta, KEY)
+    for n in kept.sites + kept.costs:
+        assert n.loop.startswith("not fissioned: a derivative flows through its carry")
+    assert sorted(kept.fallbacks) == sorted(n.id for n in kept.sites + kept.costs)
+    assert "not fissioned" in kept.to_dot()
+
+
+def test_the_picture_shows_every_fallback():
+    def model(theta, key):
+        kx, kr = jax.random.split(key)
+        x = scg.sample(kx, D.Normal(theta[0], 1.0), name="x")
+        return jnp.round(x) + _rollout(theta, kr, lambda z: D.Normal(z, 1.0))
+
+    g = scg.graph(model)(jnp.zeros(2), KEY)
+    x = next(n for n in g.sites if n.label == "x")
+    assert any("cost jumps at `round`" in r for r in g.fallbacks[x.id])
+    ax = g.draw()
+    dashed = [p for p in ax.patches if p.get_linestyle() not in ("-", "solid")]
+    assert len(dashed) == len(g.fallbacks) == 3  # x, the loop's site and its cost
+    caption = "\n".join(t.get_text() for t in ax.texts)
+    assert "not fissioned" in caption and "cost jumps at `round`" in caption

@@ -48,6 +48,10 @@ class Node:
         through the jumps and stays pathwise for the others (the site's ``estimator`` is
         then ``"pathwise"``), or, where that split does not apply (a jump inside a loop or
         branch, the value feeding another site), for every cost; else None.
+      loop: for sites and costs inside a top-level ``lax.scan`` that the rewrite changes, how
+        it runs that loop: ``"fissioned"`` (scores, boxes and costs after the loop,
+        vectorised: no backward pass through time) or ``"not fissioned: REASON"``
+        (README, "Loops"); else None.
     """
 
     id: str
@@ -60,6 +64,7 @@ class Node:
     in_loop: str | None = None
     credit: str | None = None
     note: str | None = None
+    loop: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,12 @@ class Graph:
     @property
     def costs(self):
         return [n for n in self.nodes if n.kind == "cost"]
+
+    @property
+    def fallbacks(self) -> dict:
+        """``{node id: [reasons]}`` where the rewrite chose something coarser or different
+        than the user may expect (drawn dashed by ``draw()``, with the reasons below)."""
+        return {n.id: fallbacks(n) for n in self.nodes if fallbacks(n)}
 
     def parents(self, node_id: str) -> set:
         """Ids of the nodes with an edge into ``node_id``."""
@@ -132,8 +143,9 @@ class Graph:
             )
         for n in self.nodes:
             x, y = positions[n.id]
+            line = "--" if fallbacks(n) else "-"
             if n.kind == "site":
-                ax.add_patch(Circle((x, y), 0.28, fill=False, lw=1.5))
+                ax.add_patch(Circle((x, y), 0.28, fill=False, lw=1.5, ls=line))
             else:
                 ax.add_patch(
                     FancyBboxPatch(
@@ -143,13 +155,17 @@ class Graph:
                         boxstyle="round,pad=0.02" if n.kind == "input" else "square,pad=0.02",
                         fill=False,
                         lw=1.5,
+                        ls=line,
                     )
                 )
             ax.text(x, y, _short_text(n), ha="center", va="center", fontsize=8)
         xs = [p[0] for p in positions.values()]
         ys = [p[1] for p in positions.values()]
+        caption = [f"{n.id}: {reason}" for n in self.nodes for reason in fallbacks(n)]
+        if caption:  # dashed nodes: where the rewrite chose something coarser (README)
+            ax.text(min(xs) - 0.5, min(ys) - 0.6, "\n".join(caption), fontsize=6, va="top")
         ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-        ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+        ax.set_ylim(min(ys) - 0.6 - 0.25 * len(caption), max(ys) + 0.6)
         ax.set_aspect("equal")
         ax.axis("off")
         return ax
@@ -190,12 +206,28 @@ def _node_text(n: Node) -> str:
         loop = f", per {n.in_loop} iteration" if n.in_loop else ""
         credit = f", credit {n.credit}" if n.credit else ""
         note = f", {n.note}" if n.note else ""
-        tags = f"{n.estimator}{note}{extra}{loop}{credit}"
+        fission = f", loop {n.loop}" if n.loop else ""
+        tags = f"{n.estimator}{note}{extra}{loop}{fission}{credit}"
         return f"{n.label}: {n.distribution}{list(n.shape)} [{tags}]"
     if n.kind == "cost":
         loop = f" (per {n.in_loop} iteration)" if n.in_loop else ""
-        return f"cost {n.label}{list(n.shape)}{loop}"
+        fission = f" [loop {n.loop}]" if n.loop else ""
+        return f"cost {n.label}{list(n.shape)}{loop}{fission}"
     return f"{n.label}{list(n.shape)}"
+
+
+def fallbacks(n: Node) -> list:
+    """Where the rewrite chose something coarser or different for this node than the user
+    may expect (README, "Fallbacks"): whole-site credit forced by an operation without a
+    rule, a discontinuity's score function, a loop that is not fissioned."""
+    found = []
+    if n.credit and "no rule" in n.credit:
+        found.append(f"credit {n.credit}")
+    if n.note:
+        found.append(n.note)
+    if n.loop and n.loop.startswith("not fissioned"):
+        found.append(f"loop {n.loop}")
+    return found
 
 
 def _short_text(n: Node) -> str:
@@ -278,10 +310,10 @@ class _Builder:
         self.edges |= {(p, node_id) for p in parents}
         return node_id
 
-    def cost(self, label, shape, parents, in_loop=None):
+    def cost(self, label, shape, parents, in_loop=None, loop=None):
         node_id = f"c{self._cost_count}"
         self._cost_count += 1
-        self.nodes[node_id] = Node(node_id, "cost", label, tuple(shape), in_loop=in_loop)
+        self.nodes[node_id] = Node(node_id, "cost", label, tuple(shape), in_loop=in_loop, loop=loop)
         self.edges |= {(p, node_id) for p in parents}
 
 
@@ -370,19 +402,44 @@ def _add_costs(builder: _Builder, scope, reach):
         text = credit if fallback is None else f"{credit} (no rule for {fallback})"
         builder.nodes[node_id] = dataclasses.replace(builder.nodes[node_id], credit=text)
     leaves = _reached_leaves(analysis, scope)
+    loops = _loop_fission(scope)
     for ref in scope.inputs:
         if ref in leaves:
             builder.cost(_input_label(reach[ref]), scope.avals[ref].shape, reach[ref])
     for eqn in scope.eqns:
+        if eqn.uid in loops:
+            for site in (s for sub in eqn.subs for s in sub.sites()):
+                node_id = builder._site_ids[site.uid]
+                builder.nodes[node_id] = dataclasses.replace(
+                    builder.nodes[node_id], loop=loops[eqn.uid]
+                )
         if eqn.name == "scan" and any(o in leaves for o in eqn.outputs):
             reached = frozenset().union(*(reach[o] for o in eqn.outputs))
             shape = scope.avals[eqn.outputs[-1]].shape
-            builder.cost("scan", shape, reached, in_loop="scan")
+            builder.cost("scan", shape, reached, in_loop="scan", loop=loops.get(eqn.uid))
             continue
         for o in eqn.outputs:
             if o in leaves:
                 label = "sample value" if eqn.is_site else eqn.name
                 builder.cost(label, scope.avals[o].shape, reach[o])
+
+
+def _loop_fission(scope) -> dict:
+    """``{top-level scan uid: "fissioned" or "not fissioned: REASON"}`` for the loops the
+    rewrite changes, planned as ``scg.surrogate`` plans them."""
+    analysis = interpreter.Analysis(scope, [frozenset()] * len(scope.inputs))
+    analysis.mark_costs([0])
+    analysis.demand()
+    out = {}
+    for eqn in scope.eqns:
+        info = analysis.subs.get(eqn.uid)
+        if eqn.name != "scan" or info is None:
+            continue
+        if info.fission is not None:
+            out[eqn.uid] = "fissioned"
+        elif info.fission_note != "nothing to move after it":
+            out[eqn.uid] = f"not fissioned: {info.fission_note}"
+    return out
 
 
 def _reached_leaves(analysis, scope) -> set:

@@ -218,6 +218,7 @@ class ScanInfo(SubInfo):
     cum_atoms: list = dataclasses.field(default_factory=list)
     outer_atoms: list = dataclasses.field(default_factory=list)
     fission: Fission | None = None
+    fission_note: str = ""  # why the loop is not fissioned (for scg.graph), where it is not
 
     @property
     def body(self) -> Analysis:
@@ -283,6 +284,8 @@ class ScanRule(Rule):
         info.outer_atoms = sorted({a[1] for a in supplied if a[0] == "outer"}, key=repr)
         need |= set(info.outer_atoms)
         info.fission = plan_fission(eqn, info) if an.options.fission else None
+        if not an.options.fission:
+            info.fission_note = "fission=False"
 
     def emit(self, ev, eqn):
         info: ScanInfo = ev.analysis.subs[eqn.uid]
@@ -353,18 +356,26 @@ def plan_fission(eqn, info: ScanInfo) -> Fission | None:
     nc, nk = scan_counts(eqn.params)
     scored = [e for e in body.eqns if e.is_site and _wants_log_probs(body_an, e)]
     if not (scored or info.tree_ys or info.tree_carries or info.outer_atoms):
+        info.fission_note = "nothing to move after it"
         return None
     if _site_in_sub_program(body) is not None:
+        info.fission_note = "a site inside a loop, branch or call in its body"
         return None
     producer = {o: e for e in body.eqns for o in e.outputs}
     carry_inputs = body.inputs[nc : nc + nk]
     cost_carries = {carry_inputs[j] for j in info.tree_carries}
     paths = {j: _accumulation_path(body, nc, j, cost_carries, producer) for j in info.tree_carries}
     if any(path is None for path in paths.values()):
+        info.fission_note = "a cost carried in a form other than a running sum"
         return None
     looped = [j for j in range(nk) if j not in paths]
     if any(body_an.is_diff(carry_inputs[j]) for j in looped):
-        return None  # a derivative would flow through the carry: keep the loop as it is
+        # a derivative would flow through the carry: keep the loop as it is
+        info.fission_note = (
+            "a derivative flows through its carry (pathwise values or parameter-dependent "
+            "dynamics)"
+        )
+        return None
     loop_eqns = _backward_slice([body.outputs[j] for j in looped], producer)
     accumulated = {carry_inputs[j] for j in paths}
     recomputable = _Recomputable(body, loop_eqns, producer, accumulated)
