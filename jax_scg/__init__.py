@@ -17,6 +17,7 @@ from jax_scg._src.primitive import sample as sample
 from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
 from jax_scg._src.surrogate import downstream_costs as downstream_costs
 from jax_scg._src.surrogate import grad as grad
+from jax_scg._src.surrogate import grad_and_downstream_costs as grad_and_downstream_costs
 from jax_scg._src.surrogate import surrogate as surrogate
 from jax_scg._src.surrogate import value_and_grad as value_and_grad
 
@@ -29,6 +30,7 @@ __all__ = [
     "condition",
     "distributions",
     "downstream_costs",
+    "grad_and_downstream_costs",
     "estimators",
     "Graph",
     "grad",

@@ -100,8 +100,7 @@ def test_moving_average_baseline_in_a_jitted_training_loop():
     @jax.jit
     def step(state, key):
         baselines = average.value(state)
-        g = scg.grad(loss)(THETA, key, baselines)
-        costs = scg.downstream_costs(loss)(THETA, key, baselines)
+        g, costs = scg.grad_and_downstream_costs(loss)(THETA, key, baselines)  # one trace
         return average.update(state, costs), g
 
     state = average.init({"x1": jnp.zeros(()), "x2": jnp.zeros(())})
@@ -127,3 +126,68 @@ def test_baselines_module_misuse():
     twice = lambda t, k: scg.sample(k, D.Bernoulli(logits=t), name="x", baseline=1.0)
     with pytest.raises(scg.SiteError, match="(?s)'x'.*both"):
         scg.grad(twice, baselines={"x": 2.0})(0.1, jax.random.key(0))
+
+
+def rollout_after_a_choice(theta, key):
+    """A named top-level site whose value feeds a fissioned loop of named sites."""
+    k0, k1 = jax.random.split(key)
+    x = scg.sample(k0, D.Bernoulli(logits=theta[0]), name="x")
+
+    def step(s, k):
+        a = scg.sample(k, D.Bernoulli(logits=theta[1] + s), name="a")
+        return 0.5 * s + a + x, -((s - 1.0) ** 2)
+
+    _, r = jax.lax.scan(step, 0.0, jax.random.split(k1, 4))
+    return r.sum() + 2.0 * x, r
+
+
+def close(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("baselines", [None, {"x": 0.7}])
+def test_grad_and_downstream_costs_equal_the_two_calls(baselines):
+    theta = jnp.array([0.3, -0.2])
+    f = lambda t, k: rollout_after_a_choice(t, k)[0]  # noqa: E731
+    both = scg.grad_and_downstream_costs(f, baselines=baselines)
+    for key in keys(9801, 3):
+        want = (scg.grad(f, baselines=baselines)(theta, key), scg.downstream_costs(f)(theta, key))
+        assert sorted(want[1]) == ["x"]  # sites inside the loop are not reported
+        close(both(theta, key), want)
+        close(jax.jit(both)(theta, key), want)
+        # argnums as a tuple, and auxiliary outputs, as jax.grad has them
+        (g, costs), aux = scg.grad_and_downstream_costs(
+            rollout_after_a_choice, (0,), has_aux=True, baselines=baselines
+        )(theta, key)
+        close(((g[0], costs), aux), (want, rollout_after_a_choice(theta, key)[1]))
+
+
+def test_grad_and_downstream_costs_needs_a_named_site():
+    with pytest.raises(ValueError, match="no named score-function site"):
+        scg.grad_and_downstream_costs(lambda t, k: scg.sample(k, D.Bernoulli(logits=t)))(
+            0.1, jax.random.key(0)
+        )
+
+
+def test_traced_baselines_by_name_reach_a_fissioned_program_as_arguments():
+    """Baselines passed by name may be traced and differentiated (a leave-one-out baseline
+    that is itself differentiated): with a loop in the program they reach the fissioned
+    rewrite as arguments, and derivatives through them equal the unfissioned ones."""
+    theta = jnp.array([0.3, -0.2])
+    f = lambda t, k: rollout_after_a_choice(t, k)[0]  # noqa: E731
+
+    def mixed(fission):
+        def d2(t, b, key):  # d/dθ of d surrogate / d b: minus the site's score
+            inner = lambda t, b: scg.surrogate(f, baselines={"x": b}, fission=fission)(t, key)  # noqa: E731
+            return jax.jacfwd(jax.grad(inner, argnums=1))(t, b)
+
+        return d2
+
+    for key in keys(9802, 3):
+        got = jax.jit(mixed(True))(theta, 0.7, key)
+        close(got, mixed(False)(theta, 0.7, key))
+        assert np.abs(np.asarray(got)).max() > 0
+    loo = scg.baselines.leave_one_out_surrogate(f, 3, stop_gradient=False)
+    for key in keys(9803, 2):
+        close(jax.hessian(loo)(theta, key), jax.jacrev(jax.grad(loo))(theta, key))

@@ -209,3 +209,41 @@ def test_grad_of_grad_through_implicit_gamma_gradients_explains_and_suggests_hes
         jax.grad(scg.grad(fn))(2.0, KEY)
     assert jnp.isfinite(jax.hessian(scg.surrogate(fn))(2.0, KEY))
     assert jnp.isfinite(jax.jacfwd(scg.grad(fn))(2.0, KEY))
+
+
+def _branchy(theta, key):
+    kx, ky = jax.random.split(key)
+    x = scg.sample(kx, D.Bernoulli(logits=theta), name="x")
+    if x > 0:  # Python control flow on a sample: the line the message must name
+        return theta**2
+    return scg.sample(ky, D.Normal(theta, 1.0), name="y")
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda f: scg.grad(f),
+        lambda f: scg.value_and_grad(f),
+        lambda f: scg.surrogate(f),
+        lambda f: jax.jit(scg.grad(f)),
+        lambda f: scg.graph(f),
+    ],
+)
+def test_python_control_flow_on_a_sample_names_the_site_and_the_line(transform):
+    with pytest.raises(TypeError) as info:
+        transform(_branchy)(0.3, jax.random.key(0))
+    message = str(info.value)
+    assert "site 'x' was drawn before it" in message.lower()
+    assert "test_errors.py" in message and "if x > 0" in message
+    assert "trace _branchy" in message and "jnp.where" in message and "lax.cond" in message
+    assert isinstance(info.value.__cause__, jax.errors.TracerBoolConversionError)
+
+
+def test_int_of_a_traced_argument_says_the_function_is_traced():
+    def loss(theta, key):
+        n = int(theta)  # not a sample: no site to name, the line and the reason still
+        return scg.sample(key, D.Bernoulli(logits=theta), name="x") * n
+
+    with pytest.raises(TypeError, match=r"(?s)int\(theta\).*trace loss.*lax.cond") as info:
+        scg.grad(loss)(0.3, jax.random.key(0))
+    assert "drawn before" not in str(info.value)

@@ -45,3 +45,28 @@ class FallbackWarning(UserWarning):
       >>> print(str(caught[0].message).splitlines()[0])
       jax_scg: site 'z': per-element credit falls back to the whole site at `fft`.
     """
+
+
+def traced_control_flow_message(fn_name: str, line: str, code: str, labels, jax_said: str):
+    """The message for Python control flow (or a concrete conversion) on a traced value
+    inside a transformed function: where, which sites were drawn before, what to do."""
+    where = f" at {line}" + (f": `{code}`" if code else "") if line else ""
+    if len(labels) == 1:
+        sites = (
+            f" Site {labels[0]} was drawn before it: if the value depends on its sample, that "
+            "is the cause."
+        )
+    elif labels:
+        sites = f" Sites drawn before it: {', '.join(labels)}; a sampled value is the likely cause."
+    else:
+        sites = ""
+    return (
+        f"jax_scg: {fn_name} needs a concrete value of a traced array{where}. scg.surrogate, "
+        f"scg.grad and scg.value_and_grad trace {fn_name} (as jax.jit does) to find its sample "
+        "sites, so sampled values and the differentiated arguments are abstract there: "
+        f"Python `if`/`while`, `bool()`, `int()` or NumPy cannot use them.{sites}\n"
+        "  What to do: branch with jnp.where(cond, a, b), jax.lax.cond or jax.lax.switch "
+        "(jax_scg rewrites those; loops: lax.scan, lax.fori_loop, lax.while_loop); pass "
+        "settings that are not differentiated as keyword arguments (they are not traced).\n"
+        f"  JAX said: {jax_said}"
+    )

@@ -17,7 +17,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jax_scg._src import discontinuities, interpreter
+from jax_scg._src import discontinuities, interpreter, primitive
 from jax_scg._src.errors import FallbackWarning
 from jax_scg._src.jaxpr import Const, scan_counts, scope_from_jaxpr
 
@@ -356,7 +356,10 @@ def graph(fn, argnums=0):
     argnum_list = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def graph_fn(*args, **kwargs):
-        closed = jax.make_jaxpr(functools.partial(fn, **kwargs))(*args)  # as surrogate does
+        closed = primitive.tracing_for_sites(  # as surrogate does
+            getattr(fn, "__name__", repr(fn)),
+            lambda: jax.make_jaxpr(functools.partial(fn, **kwargs))(*args),
+        )
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
         discontinuities.mark_discontinuous_sites(scope, warn=False)
         builder = _Builder()

@@ -894,6 +894,9 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
                     "the shapes), or a scalar.",
                 )
             ) from None
+    offset = ev.options.log_prob_offsets.get(site.name)
+    if offset is not None:  # d/d offset is the downstream cost itself, not it minus b
+        log_probs = log_probs - offset + lax.stop_gradient(offset)
     own = 1.0 - magic_box(log_probs)
     ancestors = ev.analysis.subs[eqn.uid]
     if ancestors or ev.branches is not None:  # element i gets its own ancestors' box

@@ -372,8 +372,7 @@ def plan_fission(eqn, info: ScanInfo) -> Fission | None:
     if any(body_an.is_diff(carry_inputs[j]) for j in looped):
         # a derivative would flow through the carry: keep the loop as it is
         info.fission_note = (
-            "a derivative flows through its carry (pathwise values or parameter-dependent "
-            "dynamics)"
+            "a derivative flows through its carry (pathwise values or parameter-dependent dynamics)"
         )
         return None
     loop_eqns = _backward_slice([body.outputs[j] for j in looped], producer)

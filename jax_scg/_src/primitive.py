@@ -21,7 +21,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jax_scg._src import adapters, estimators
-from jax_scg._src.errors import SiteError, site_message
+from jax_scg._src.errors import SiteError, site_message, traced_control_flow_message
 
 ESTIMATORS = ("auto", "score_function", "pathwise")
 SCORE_FUNCTION = "score_function"
@@ -542,6 +542,9 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
         estimator_treedef=estimator_treedef,
         distribution=getattr(dist, "name", type(dist).__name__),
     )
+    drawn = DRAWN_WHILE_TRACING.get()
+    if drawn is not None:
+        drawn.append(label)
     if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
         _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
     operands = [key, *leaves]
@@ -565,6 +568,46 @@ class Planted(dict):
 
 # Values planted at named sites by ``scg.condition`` while the conditioned function runs.
 PLANTED = contextvars.ContextVar("jax_scg_planted", default=None)
+# While ``tracing_for_sites`` traces a program: the labels of the sites drawn so far, to name
+# them when Python control flow meets a traced value.
+DRAWN_WHILE_TRACING = contextvars.ContextVar("jax_scg_drawn", default=None)
+
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,  # includes TracerBoolConversionError
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def _user_frame(tb) -> tuple[str, str]:
+    """``(file:line, code)`` of the innermost frame outside JAX and jax_scg."""
+    import linecache
+
+    found = ("", "")
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        inside = any(f"{os.sep}{pkg}{os.sep}" in filename for pkg in ("jax", "jax_scg", "jaxlib"))
+        if not inside:
+            code = linecache.getline(filename, tb.tb_lineno).strip()
+            found = (f"{filename}:{tb.tb_lineno}", code)
+        tb = tb.tb_next
+    return found
+
+
+def tracing_for_sites(fn_name: str, trace):
+    """Runs ``trace()`` (a ``jax.make_jaxpr`` of the user's program); Python control flow
+    on a traced value becomes a ``TypeError`` that says why, where, and what to do."""
+    token = DRAWN_WHILE_TRACING.set([])
+    try:
+        return trace()
+    except _TRACER_ERRORS as err:
+        line, code = _user_frame(err.__traceback__)
+        said = str(err).strip().splitlines()[0]
+        drawn = DRAWN_WHILE_TRACING.get()
+        message = traced_control_flow_message(fn_name, line, code, drawn, said)
+        raise TypeError(message) from err
+    finally:
+        DRAWN_WHILE_TRACING.reset(token)
 
 
 def _check_planted(site: SiteInfo, estimator, key, leaves, value):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from jax_scg._src import discontinuities, interpreter
+from jax_scg._src import discontinuities, interpreter, primitive
 from jax_scg._src.jaxpr import scope_from_jaxpr
 
 
@@ -25,7 +25,10 @@ def _trace(fn, args, kwargs):
     differentiating them (they may be Python values such as sizes or flags).
     """
     traced = functools.partial(fn, **kwargs) if kwargs else fn
-    closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*args)
+    closed, out_shape = primitive.tracing_for_sites(
+        getattr(fn, "__name__", _function_name(fn)),
+        lambda: jax.make_jaxpr(traced, return_shape=True)(*args),
+    )
     scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
     discontinuities.mark_discontinuous_sites(scope)
     return scope, out_shape, jax.tree_util.tree_leaves(args)
@@ -151,18 +154,30 @@ def _evaluate(scope, flat_args, options: interpreter.Options):
     alone costs what the unfissioned surrogate costs."""
     if not (options.fission and _has_loop(scope)):
         return interpreter.evaluate_surrogate(scope, flat_args, options)
-    as_written = dataclasses.replace(options, fission=False)
+    # Arrays the options carry (baselines and offsets by name, possibly traced and
+    # differentiated) enter the custom_jvp as arguments, never as closed-over values.
+    carried = (dict(options.baselines), dict(options.log_prob_offsets))
+    carried_leaves, carried_tree = jax.tree_util.tree_flatten(carried)
+    carried_leaves = [jnp.asarray(x) for x in carried_leaves]
+    n = len(flat_args)
 
-    def flat(opts):
+    def flat(fission: bool):
         def run(*args):
-            objective, outputs = interpreter.evaluate_surrogate(scope, list(args), opts)
+            baselines, offsets = jax.tree_util.tree_unflatten(carried_tree, args[n:])
+            opts = dataclasses.replace(
+                options,
+                fission=fission,
+                baselines=types.MappingProxyType(baselines),
+                log_prob_offsets=types.MappingProxyType(offsets),
+            )
+            objective, outputs = interpreter.evaluate_surrogate(scope, list(args[:n]), opts)
             return (objective, *outputs)
 
         return run
 
-    value = jax.custom_jvp(flat(as_written))
-    value.defjvp(lambda primals, tangents: jax.jvp(flat(options), primals, tangents))
-    objective, *outputs = value(*flat_args)
+    value = jax.custom_jvp(flat(False))
+    value.defjvp(lambda primals, tangents: jax.jvp(flat(True), primals, tangents))
+    objective, *outputs = value(*flat_args, *carried_leaves)
     return objective, outputs
 
 
@@ -326,6 +341,89 @@ def _at_call_time(make_gradient, options: interpreter.Options, fn):
     return gradient
 
 
+def grad_and_downstream_costs(
+    fn,
+    argnums=0,
+    *,
+    has_aux: bool = False,
+    validate: bool = False,
+    baselines=None,
+    fission: bool = True,
+):
+    """``scg.grad`` and ``scg.downstream_costs`` from one trace and the same draws.
+
+    What a baseline update needs beside the estimate: e.g. the downstream costs that update
+    a moving average (``jax_scg.baselines.moving_average``) of the baselines passed by name.
+    The gradient equals ``scg.grad(fn, argnums, ...)`` on the same arguments; the costs are
+    ``{name: Q̂}`` for every named score-function site at the top level, as
+    ``scg.downstream_costs`` returns them (values, no gradient; baselines do not change them).
+
+    Args:
+      fn: as in ``surrogate``.
+      argnums: as in ``grad``.
+      has_aux: as in ``grad``.
+      validate: as in ``surrogate``.
+      baselines: as in ``surrogate``.
+      fission: as in ``surrogate``.
+
+    Returns:
+      A function with ``fn``'s signature returning ``(gradient, costs)``, or
+      ``((gradient, costs), aux)`` with ``has_aux``.
+
+    Examples:
+      >>> import jax, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> def f(theta, key):
+      ...     x = scg.sample(key, D.Bernoulli(logits=theta), name="x")
+      ...     return 1.0 + 2.0 * x
+      >>> g, costs = scg.grad_and_downstream_costs(f)(0.0, jax.random.key(0))
+      >>> g.shape, sorted(costs), float(costs["x"]) in (0.0, 2.0)
+      ((), ['x'], True)
+    """
+    options = _options(validate, baselines, fission)
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def make(opts):
+        def both(*args, **kwargs):
+            scope, out_shape, _ = _trace(fn, args, kwargs)
+            _check_objective(fn, out_shape[0] if has_aux else out_shape)
+            shapes = interpreter.named_score_sites(scope)
+            if not shapes:
+                raise ValueError(_NO_NAMED_SITES.format(name=_function_name(fn)))
+            if opts.baselines:
+                _check_baseline_names(fn, scope, opts.baselines)
+            discontinuities.unsplit_named_sites(scope, {*opts.baselines, *shapes})
+
+            def objective(diff, offsets):
+                full = list(args)
+                for i, value in zip(positions, diff):
+                    full[i] = value
+                with_offsets = dataclasses.replace(opts, log_prob_offsets=offsets)
+                value, outputs = _evaluate(scope, jax.tree_util.tree_leaves(full), with_offsets)
+                aux_tree = jax.tree_util.tree_structure(out_shape[1]) if has_aux else None
+                aux = jax.tree_util.tree_unflatten(aux_tree, outputs[1:]) if has_aux else None
+                return value, aux
+
+            dtype = jnp.result_type(float)
+            zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
+            diff = tuple(args[i] for i in positions)
+            (g, costs), aux = jax.grad(objective, argnums=(0, 1), has_aux=True)(diff, zeros)
+            g = g[0] if isinstance(argnums, int) else g
+            result = (g, jax.lax.stop_gradient(costs))
+            return (result, aux) if has_aux else result
+
+        return both
+
+    return _at_call_time(make, options, fn)
+
+
+_NO_NAMED_SITES = (
+    "jax_scg: {name} has no named score-function site at its top level, so there are no "
+    "downstream costs to report.\n  What to do: pass name=... to the sample calls whose "
+    "downstream costs you want."
+)
+
+
 def downstream_costs(fn, *, has_aux: bool = False, stop_gradient: bool = True):
     """The downstream cost Q̂ of every named score-function site: what its score multiplies.
 
@@ -367,11 +465,7 @@ def downstream_costs(fn, *, has_aux: bool = False, stop_gradient: bool = True):
             ]
 
         if not shapes:
-            raise ValueError(
-                f"jax_scg: {_function_name(fn)} has no named score-function site at its top "
-                "level, so there are no downstream costs to report.\n  What to do: pass "
-                "name=... to the sample calls whose downstream costs you want."
-            )
+            raise ValueError(_NO_NAMED_SITES.format(name=_function_name(fn)))
         dtype = jnp.result_type(float)
         zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
         costs = jax.grad(objective)(zeros)
