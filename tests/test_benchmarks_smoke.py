@@ -14,7 +14,6 @@ def run_quick(script_name, out):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     with open(out) as f:
