@@ -8,6 +8,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jex_core
 
 from jax_scg._src import discontinuities, interpreter, primitive
@@ -18,20 +19,84 @@ def _function_name(fn) -> str:
     return getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
 
 
+def _is_jax_value(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float, complex))
+
+
+def _is_float_value(x) -> bool:
+    return _is_jax_value(x) and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _dynamic_leaves(args) -> list:
+    """The leaves of the positional arguments that JAX traces: arrays and numbers. Others
+    (a model's activation functions, flags inside a module) are static, as for Equinox."""
+    return [leaf for leaf in jax.tree_util.tree_leaves(args) if _is_jax_value(leaf)]
+
+
 def _trace(fn, args, kwargs):
     """``fn``'s program over its positional arguments: ``(scope, output shape, flat args)``.
 
     Keyword arguments are fixed, not traced, as ``jax.grad`` passes them through without
-    differentiating them (they may be Python values such as sizes or flags).
+    differentiating them (they may be Python values such as sizes or flags). Leaves of the
+    positional arguments that are not arrays or numbers are fixed too (``_dynamic_leaves``).
     """
     traced = functools.partial(fn, **kwargs) if kwargs else fn
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    dynamic = [_is_jax_value(leaf) for leaf in leaves]
+
+    def over_dynamic(*values):
+        it = iter(values)
+        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic)]
+        return traced(*jax.tree_util.tree_unflatten(tree, full))
+
+    flat_args = [leaf for leaf, d in zip(leaves, dynamic) if d]
     closed, out_shape = primitive.tracing_for_sites(
         getattr(fn, "__name__", _function_name(fn)),
-        lambda: jax.make_jaxpr(traced, return_shape=True)(*args),
+        lambda: jax.make_jaxpr(over_dynamic, return_shape=True)(*flat_args),
     )
     scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
     discontinuities.mark_discontinuous_sites(scope)
-    return scope, out_shape, jax.tree_util.tree_leaves(args)
+    return scope, out_shape, flat_args
+
+
+def _differentiate(f, argnums, has_aux: bool, with_value: bool):
+    """``jax.grad`` (or ``jax.value_and_grad``) of ``f``, where the differentiated arguments
+    may hold leaves that are not floating-point arrays (an Equinox module's functions,
+    integer arrays): their gradient is None, as with ``equinox.filter_grad``."""
+    transform = jax.value_and_grad if with_value else jax.grad
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def run(*args, **kwargs):
+        parts = [jax.tree_util.tree_flatten(args[i]) for i in positions]
+        masks = [[_is_float_value(leaf) for leaf in leaves] for leaves, _ in parts]
+        if all(all(mask) for mask in masks):
+            return transform(f, argnums=argnums, has_aux=has_aux)(*args, **kwargs)
+        diff = [[x for x, m in zip(leaves, mask) if m] for (leaves, _), mask in zip(parts, masks)]
+
+        def rebuild(values, fill=None):
+            trees = []
+            for (leaves, tree), mask, vals in zip(parts, masks, values):
+                it = iter(vals)
+                full = [next(it) if m else (leaf if fill is None else None) for leaf, m in
+                        zip(leaves, mask)]  # fmt: skip
+                trees.append(jax.tree_util.tree_unflatten(tree, full))
+            return trees
+
+        def inner(diff_values):
+            full = list(args)
+            for i, value in zip(positions, rebuild(diff_values)):
+                full[i] = value
+            return f(*full, **kwargs)
+
+        out = transform(inner, has_aux=has_aux)(diff)
+        grads_at = (lambda o: o[1]) if with_value else (lambda o: o[0] if has_aux else o)
+        grads = rebuild(grads_at(out), fill="none")
+        grads = grads[0] if isinstance(argnums, int) else tuple(grads)
+        if with_value:
+            return out[0], grads
+        return (grads, out[1]) if has_aux else grads
+
+    return run
 
 
 def _check_objective(fn, shape):
@@ -210,7 +275,10 @@ def grad(
 
     Args:
       fn: as in ``surrogate``.
-      argnums: which positional arguments to differentiate, as in ``jax.grad``.
+      argnums: which positional arguments to differentiate, as in ``jax.grad``. They may be
+        models (an Equinox module, any pytree): leaves that are not floating-point arrays
+        (activation functions, integer arrays) get ``None`` as their gradient, as with
+        ``equinox.filter_grad``, where ``jax.grad`` would refuse them.
       has_aux: as in ``jax.grad``.
       validate: as in ``surrogate``.
       baselines: as in ``surrogate``.
@@ -261,7 +329,7 @@ def grad(
         return grads_only
     options = _options(validate, baselines, fission)
     return _at_call_time(
-        lambda opts: jax.grad(_surrogate(fn, has_aux, opts), argnums=argnums, has_aux=has_aux),
+        lambda opts: _differentiate(_surrogate(fn, has_aux, opts), argnums, has_aux, False),
         options,
         fn,
     )
@@ -295,7 +363,7 @@ def value_and_grad(
     options = _options(validate, baselines, fission)
 
     def gradient(opts):
-        return jax.value_and_grad(_surrogate(fn, has_aux, opts), argnums=argnums, has_aux=has_aux)
+        return _differentiate(_surrogate(fn, has_aux, opts), argnums, has_aux, True)
 
     if critic_argnums is None:
         return _at_call_time(gradient, options, fn)
@@ -303,7 +371,7 @@ def value_and_grad(
 
     def with_critic(opts):
         fit = _surrogate(fn, has_aux, dataclasses.replace(opts, fit_baselines=True))
-        fit_gradient = jax.grad(fit, argnums=critic_argnums, has_aux=has_aux)
+        fit_gradient = _differentiate(fit, critic_argnums, has_aux, False)
 
         def both(*args, **kwargs):
             value, grads = gradient(opts)(*args, **kwargs)
@@ -399,7 +467,7 @@ def grad_and_downstream_costs(
                 for i, value in zip(positions, diff):
                     full[i] = value
                 with_offsets = dataclasses.replace(opts, log_prob_offsets=offsets)
-                value, outputs = _evaluate(scope, jax.tree_util.tree_leaves(full), with_offsets)
+                value, outputs = _evaluate(scope, _dynamic_leaves(full), with_offsets)
                 aux_tree = jax.tree_util.tree_structure(out_shape[1]) if has_aux else None
                 aux = jax.tree_util.tree_unflatten(aux_tree, outputs[1:]) if has_aux else None
                 return value, aux
