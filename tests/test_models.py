@@ -78,3 +78,12 @@ def test_integer_and_static_leaves_get_no_gradient():
     assert g["n"] is None and g["scale"] is None and int(aux) == 3
     plain = scg.grad(lambda w, k: f({"w": w, "n": 3, "scale": jnp.square}, k))
     np.testing.assert_allclose(g["w"], plain(jnp.float32(0.4), jax.random.key(2)), rtol=1e-6)
+
+
+def test_grad_and_downstream_costs_of_a_module():
+    mlp = make_mlp()
+    for key in keys(8803, 2):
+        g, costs = scg.grad_and_downstream_costs(loss)(mlp, key)
+        assert g.activation is None
+        assert_same(g, scg.grad(loss)(mlp, key))
+        np.testing.assert_allclose(costs["a"], scg.downstream_costs(loss)(mlp, key)["a"])

@@ -462,21 +462,19 @@ def grad_and_downstream_costs(
                 _check_baseline_names(fn, scope, opts.baselines)
             discontinuities.unsplit_named_sites(scope, {*opts.baselines, *shapes})
 
-            def objective(diff, offsets):
-                full = list(args)
-                for i, value in zip(positions, diff):
-                    full[i] = value
+            def objective(*call_args):  # fn's arguments, then the offsets
+                *user_args, offsets = call_args
                 with_offsets = dataclasses.replace(opts, log_prob_offsets=offsets)
-                value, outputs = _evaluate(scope, _dynamic_leaves(full), with_offsets)
+                value, outputs = _evaluate(scope, _dynamic_leaves(user_args), with_offsets)
                 aux_tree = jax.tree_util.tree_structure(out_shape[1]) if has_aux else None
                 aux = jax.tree_util.tree_unflatten(aux_tree, outputs[1:]) if has_aux else None
                 return value, aux
 
             dtype = jnp.result_type(float)
             zeros = {name: jnp.zeros(shape, dtype) for name, shape in shapes.items()}
-            diff = tuple(args[i] for i in positions)
-            (g, costs), aux = jax.grad(objective, argnums=(0, 1), has_aux=True)(diff, zeros)
-            g = g[0] if isinstance(argnums, int) else g
+            wrt = (*positions, len(args))  # models as arguments too (see grad)
+            (*g, costs), aux = _differentiate(objective, wrt, True, False)(*args, zeros)
+            g = g[0] if isinstance(argnums, int) else tuple(g)
             result = (g, jax.lax.stop_gradient(costs))
             return (result, aux) if has_aux else result
 
