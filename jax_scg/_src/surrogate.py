@@ -61,16 +61,18 @@ def _trace(fn, args, kwargs):
 
 def _differentiate(f, argnums, has_aux: bool, with_value: bool):
     """``jax.grad`` (or ``jax.value_and_grad``) of ``f``, where the differentiated arguments
-    may hold leaves that are not floating-point arrays (an Equinox module's functions,
-    integer arrays): their gradient is None, as with ``equinox.filter_grad``."""
+    may be models: pytrees with leaves that are not arrays (an Equinox module's functions).
+    Then every leaf that is not a floating-point array gets None, as with
+    ``equinox.filter_grad``; arguments of arrays only follow ``jax.grad``'s rules."""
     transform = jax.value_and_grad if with_value else jax.grad
     positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def run(*args, **kwargs):
         parts = [jax.tree_util.tree_flatten(args[i]) for i in positions]
-        masks = [[_is_float_value(leaf) for leaf in leaves] for leaves, _ in parts]
-        if all(all(mask) for mask in masks):
+        if all(_is_jax_value(leaf) for leaves, _ in parts for leaf in leaves):
+            # Arrays only: jax.grad's own rules (an integer argument is an error, not None).
             return transform(f, argnums=argnums, has_aux=has_aux)(*args, **kwargs)
+        masks = [[_is_float_value(leaf) for leaf in leaves] for leaves, _ in parts]
         diff = [[x for x, m in zip(leaves, mask) if m] for (leaves, _), mask in zip(parts, masks)]
 
         def rebuild(values, fill=None):
@@ -276,9 +278,11 @@ def grad(
     Args:
       fn: as in ``surrogate``.
       argnums: which positional arguments to differentiate, as in ``jax.grad``. They may be
-        models (an Equinox module, any pytree): leaves that are not floating-point arrays
-        (activation functions, integer arrays) get ``None`` as their gradient, as with
-        ``equinox.filter_grad``, where ``jax.grad`` would refuse them.
+        models (an Equinox module, any pytree with leaves that are not arrays): then every
+        leaf that is not a floating-point array (activation functions, integer arrays) gets
+        ``None`` as its gradient, as with ``equinox.filter_grad``, where ``jax.grad`` would
+        refuse the argument. Arguments of arrays only follow ``jax.grad`` (an integer array
+        is an error).
       has_aux: as in ``jax.grad``.
       validate: as in ``surrogate``.
       baselines: as in ``surrogate``.
