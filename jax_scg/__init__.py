@@ -13,6 +13,8 @@ from jax_scg._src.errors import SiteError as SiteError
 from jax_scg._src.graph import Graph as Graph
 from jax_scg._src.graph import graph as graph
 from jax_scg._src.interpreter import magic_box as magic_box
+from jax_scg._src.monte_carlo import MonteCarloResult as MonteCarloResult
+from jax_scg._src.monte_carlo import monte_carlo as monte_carlo
 from jax_scg._src.primitive import sample as sample
 from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
 from jax_scg._src.surrogate import downstream_costs as downstream_costs
@@ -36,6 +38,8 @@ __all__ = [
     "grad",
     "graph",
     "magic_box",
+    "monte_carlo",
+    "MonteCarloResult",
     "sample",
     "sample_and_log_prob",
     "surrogate",
