@@ -61,16 +61,17 @@ def _trace(fn, args, kwargs):
 
 def _differentiate(f, argnums, has_aux: bool, with_value: bool):
     """``jax.grad`` (or ``jax.value_and_grad``) of ``f``, where the differentiated arguments
-    may be models: pytrees with leaves that are not arrays (an Equinox module's functions).
-    Then every leaf that is not a floating-point array gets None, as with
-    ``equinox.filter_grad``; arguments of arrays only follow ``jax.grad``'s rules."""
+    may be models: pytrees with leaves that are not floating-point arrays (an Equinox or Flax
+    NNX module's functions, an optax state's integer step count). Then every leaf that is not
+    a floating-point array gets None, as with ``equinox.filter_grad``; an argument that is a
+    single array or number follows ``jax.grad``'s rules (an integer one is an error)."""
     transform = jax.value_and_grad if with_value else jax.grad
     positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def run(*args, **kwargs):
         parts = [jax.tree_util.tree_flatten(args[i]) for i in positions]
-        if all(_is_jax_value(leaf) for leaves, _ in parts for leaf in leaves):
-            # Arrays only: jax.grad's own rules (an integer argument is an error, not None).
+        if all(jax.tree_util.treedef_is_leaf(tree) for _, tree in parts):
+            # One array each: jax.grad's own rules (an integer argument is an error, not None).
             return transform(f, argnums=argnums, has_aux=has_aux)(*args, **kwargs)
         masks = [[_is_float_value(leaf) for leaf in leaves] for leaves, _ in parts]
         diff = [[x for x, m in zip(leaves, mask) if m] for (leaves, _), mask in zip(parts, masks)]
@@ -278,11 +279,11 @@ def grad(
     Args:
       fn: as in ``surrogate``.
       argnums: which positional arguments to differentiate, as in ``jax.grad``. They may be
-        models (an Equinox module, any pytree with leaves that are not arrays): then every
-        leaf that is not a floating-point array (activation functions, integer arrays) gets
+        models (an Equinox or Flax NNX module, an optax state, any pytree): then every leaf
+        that is not a floating-point array (activation functions, integer arrays) gets
         ``None`` as its gradient, as with ``equinox.filter_grad``, where ``jax.grad`` would
-        refuse the argument. Arguments of arrays only follow ``jax.grad`` (an integer array
-        is an error).
+        refuse the argument. An argument that is one array or number follows ``jax.grad``
+        (an integer one is an error).
       has_aux: as in ``jax.grad``.
       validate: as in ``surrogate``.
       baselines: as in ``surrogate``.
