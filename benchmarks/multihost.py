@@ -75,8 +75,9 @@ def run(args) -> None:
     import jax_scg as scg
     from jax_scg import examples
 
-    # A mesh over every process's devices; Auto axes (jax.make_mesh's default is Explicit
-    # since JAX 0.9, which the fissioned loops of the MDP model do not take yet).
+    # A mesh over every process's devices, with Auto axes: under jax.make_mesh's default
+    # (Explicit in JAX 0.10), JAX fails to differentiate a lax.scan vmapped over sharded keys
+    # ("Resource axis: keys ... not found in mesh: ()"; the MDP model's loop is one).
     mesh = jax.make_mesh((jax.device_count(),), ("keys",), axis_types=(jax.sharding.AxisType.Auto,))
     sharding = NamedSharding(mesh, P("keys"))
     all_keys = jax.random.split(jax.random.key(0), args.keys)
@@ -116,7 +117,7 @@ def models(examples, quick):
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # the coordinator binds it on every interface
         return s.getsockname()[1]
 
 

@@ -75,9 +75,10 @@ def initialize(port: int, processes: int, process_id: int) -> None:
 
 
 def mesh_over_all_devices(axis: str):
-    """A 1-D mesh over every process's devices. ``jax.make_mesh`` gives explicit axis types
-    by default since JAX 0.9; ``Auto`` is what ``jit`` over sharded inputs and ``shard_map``
-    expect here."""
+    """A 1-D mesh over every process's devices, with ``Auto`` axes: under ``jax.make_mesh``'s
+    default (``Explicit`` in JAX 0.10) JAX fails to differentiate a ``lax.scan`` vmapped over
+    sharded keys ("Resource axis: keys ... not found in mesh: ()", plain ``jax.grad`` too);
+    the MDP model's loop is one."""
     import jax
 
     return jax.make_mesh((jax.device_count(),), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
@@ -181,9 +182,9 @@ def run(args) -> None:
 
 
 def free_port() -> int:
-    """A port free now (the coordinator binds it a moment later)."""
+    """A port free now (the coordinator binds it on every interface a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -204,7 +205,8 @@ def launch(
             return _launch_once(processes, devices, out, script, extra, timeout)
         except RuntimeError as e:
             text = str(e).lower()
-            if attempt == 2 or not ("address already in use" in text or "failed to bind" in text):
+            taken = ("failed to start rpc server", "failed to add port", "address already in use")
+            if attempt == 2 or not any(t in text for t in taken):
                 raise
     raise AssertionError("unreachable")
 
