@@ -143,6 +143,37 @@ SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(second, second_alone, rtol=1e-10, atol=1e-12)
     print("ok pmean_equals_single_device")
 
+    # 2b. A vector site meeting per-device data: JAX casts the sample (typed invariant) to
+    # varying with pvary; per-point credit must survive the cast (no FallbackWarning: the
+    # script turns warnings into errors), equal key by key to the single-device program.
+    data = jnp.linspace(-1.0, 1.0, 8 * 3 * 2).reshape(8, 3, 2)
+
+    def per_point(theta, key, points):
+        z = scg.sample(key, D.Bernoulli(logits=points @ theta[:2]))
+        return jnp.mean((z - points[:, 0]) ** 2 * theta[8])
+
+    def per_point_loss(theta, key, points):
+        return lax.pmean(per_point(theta, key, points[0]), "d")
+
+    def per_point_single(theta, keys, points):
+        return jnp.mean(jax.vmap(per_point, in_axes=(None, 0, 0))(theta, keys, points))
+
+    def per_point_sharded(transform):
+        def on_device(t, k, x):
+            return jax.vmap(transform(per_point_loss), in_axes=(None, 0, None))(t, k[0], x)
+
+        return jax.jit(
+            shard_map(on_device, mesh=mesh, in_specs=(P(), P("d"), P("d")), out_specs=P())
+        )
+
+    for transform in (scg.grad, lambda f: jax.hessian(scg.surrogate(f))):
+        mapped = per_point_sharded(transform)(theta, few, data)
+        alone = jax.jit(jax.vmap(transform(per_point_single), in_axes=(None, 1, None)))(
+            theta, few, data
+        )
+        np.testing.assert_allclose(mapped, alone, rtol=1e-10, atol=1e-12)
+    print("ok per_point_credit_through_pvary")
+
     # 3. A two-axis mesh: psum over one axis, a nonlinear cost, psum over the other.
     mesh2 = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
 
@@ -279,6 +310,7 @@ CHECKS = [
     "psum_square_value_type_eager",
     "shared_parameters_grad",
     "pmean_equals_single_device",
+    "per_point_credit_through_pvary",
     "two_axes_grad",
     "two_axes_hessian",
     "replicated_site_grad",

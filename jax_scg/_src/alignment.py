@@ -25,6 +25,7 @@ ELEMENTWISE = _ELEMENTWISE = frozenset(
     pow reduce_precision rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub
     tan tanh xor""".split()
 )
+_IDENTITIES = frozenset("optimization_barrier device_put pvary pcast".split())
 _REDUCTIONS = frozenset(
     "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin".split()
 )
@@ -270,6 +271,9 @@ def _removed_axes_map(param_name):
 _CUMULATIVE = ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")
 _RULES = {
     **{name: _elementwise for name in _ELEMENTWISE},
+    # shard_map's invariant -> varying cast (a sample, typed invariant, meets per-device data):
+    # a type change, the same values.
+    **{name: _elementwise for name in ("pvary", "pcast")},
     **{name: _first_operand_rule(_removed_axes_map("axes")) for name in _REDUCTIONS},
     **{name: _same_layout_rule(_along_axis_moves) for name in _CUMULATIVE},
     "squeeze": _first_operand_rule(_removed_axes_map("dimensions")),
@@ -314,7 +318,7 @@ def transfer_multi(name: str, params: dict, num_outputs: int, in_influence):
     if name in ("sort", "split"):
         axis = params["dimension" if name == "sort" else "axis"]
         return [union([_remap(s, _kept_unless({axis})) for s in in_influence])] * num_outputs
-    if name in ("optimization_barrier", "device_put") and len(in_influence) == num_outputs:
+    if name in _IDENTITIES and len(in_influence) == num_outputs:  # a pvary of several values
         return list(in_influence)
     return None
 
