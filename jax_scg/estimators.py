@@ -6,6 +6,7 @@
 
 from jax_scg._src.estimators import ARM as ARM
 from jax_scg._src.estimators import REBAR as REBAR
+from jax_scg._src.estimators import RELAX as RELAX
 from jax_scg._src.estimators import Branching as Branching
 from jax_scg._src.estimators import DisARM as DisARM
 from jax_scg._src.estimators import Enumerate as Enumerate
@@ -17,6 +18,7 @@ from jax_scg._src.estimators import enumerate_support as enumerate_support
 from jax_scg._src.estimators import gumbel_softmax as gumbel_softmax
 from jax_scg._src.estimators import measure_valued as measure_valued
 from jax_scg._src.estimators import rebar as rebar
+from jax_scg._src.estimators import relax as relax
 from jax_scg._src.estimators import straight_through as straight_through
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Enumerate",
     "MeasureValued",
     "REBAR",
+    "RELAX",
     "Relaxation",
     "arm",
     "disarm",
@@ -33,5 +36,6 @@ __all__ = [
     "gumbel_softmax",
     "measure_valued",
     "rebar",
+    "relax",
     "straight_through",
 ]

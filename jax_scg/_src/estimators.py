@@ -16,14 +16,18 @@ downstream code once per branch value and weight the branches' costs.
 | ``enumerate``        | finite support               | unbiased, every order; exact sum  |
 | ``disarm``, ``arm``  | Bernoulli                    | unbiased, first order (antithetic)|
 | ``measure_valued``   | Normal                       | unbiased, first order             |
-| ``rebar``            | Bernoulli                    | unbiased, first order; learnable  |
+| ``rebar``            | Bernoulli, OneHotCategorical | unbiased, first order; learnable  |
 |                      |                              | control variate (η, λ)            |
+| ``relax``            | Bernoulli, Categorical,      | unbiased, first order; learnable  |
+|                      | OneHotCategorical; LAX for   | control variate c_φ (a function,  |
+|                      | reparameterised continuous   | e.g. a small MLP, and its params) |
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -275,18 +279,63 @@ class MeasureValued(Branching):
         return values, jnp.stack([1.0 - d_scale, d_scale, d_loc, -d_loc])
 
 
+def _open_uniform(key, shape, dtype):
+    """Uniforms in the open interval (0, 1), so that logs and logits stay finite."""
+    return jax.random.uniform(key, shape, dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
+
+
+def _gumbel_given_argmax(logits, index, v):
+    """``logits + Gumbel noise`` conditioned on its argmax being ``index``, reparameterised.
+
+    The maximum of independent Gumbels located at ``logits`` is a Gumbel located at
+    ``logsumexp(logits)``, independent of where it is; given the maximum ``M``, every other
+    coordinate ``k`` is a Gumbel located at ``logits[k]`` truncated below ``M``, drawn by
+    inverting its distribution function: ``−log(e^{−M} − log(v_k) e^{−logits[k]})`` (Tucker
+    et al. 2017, appendix; Grathwohl et al. 2018). ``v`` holds uniforms in (0, 1) shaped like
+    ``logits``; ``index`` one category per batch element.
+    """
+    at = jax.nn.one_hot(index, logits.shape[-1], dtype=bool)
+    exponential = -jnp.log(v)
+    top = jax.nn.logsumexp(logits, axis=-1, keepdims=True) - jnp.log(
+        jnp.sum(jnp.where(at, exponential, 0.0), axis=-1, keepdims=True)
+    )
+    others = -jnp.logaddexp(-top, jnp.log(exponential) - logits)
+    return jnp.where(at, top, others)
+
+
+def gumbel_given_argmax(key, logits, index):
+    """A draw of ``logits + Gumbel noise`` conditioned on its argmax being ``index``.
+
+    What RELAX and categorical REBAR use for ``z̃ ~ p(z | b)``; reparameterised in ``logits``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> z = gumbel_given_argmax(jax.random.key(0), jnp.zeros(3), jnp.asarray(2))
+      >>> int(jnp.argmax(z))
+      2
+    """
+    logits = jnp.asarray(logits)
+    return _gumbel_given_argmax(logits, index, _open_uniform(key, logits.shape, logits.dtype))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class REBAR(Branching):
-    """REBAR (Tucker et al. 2017) for Bernoulli sites, with a learnable control variate.
+    """REBAR (Tucker et al. 2017) for Bernoulli and OneHotCategorical sites.
 
-    With ``z = θ + logit(u)``, ``b = 1[z > 0]``, ``z̃`` drawn from ``z`` given ``b``
-    (reparameterised) and ``σ_λ(x) = sigmoid(x / λ)``, the gradient is
+    Bernoulli: with ``z = θ + logit(u)``, ``b = 1[z > 0]``, ``z̃`` drawn from ``z`` given
+    ``b`` (reparameterised) and ``σ_λ(x) = sigmoid(x / λ)``, the gradient is
     ``[f(b) − η f(σ_λ(z̃))] ∇ log p(b) + η ∇f(σ_λ(z)) − η ∇f(σ_λ(z̃))``: unbiased at first
     order for any ``η`` and ``λ``, and its variance is lowest where its derivative in
     ``(η, λ)`` vanishes: learn them by descending ``jax.grad`` of the squared estimate (see
     the README). Three branches: ``b`` (the estimate's value is ``f(b)``), ``σ_λ(z)`` and
     ``σ_λ(z̃)``; the costs must accept relaxed values in ``(0, 1)``.
+
+    OneHotCategorical: the same with ``z = logits + Gumbel noise``, ``b = onehot(argmax z)``,
+    ``z̃`` the Gumbel vector given its argmax and ``σ_λ(x) = softmax(x / λ)``: the costs
+    must accept points of the simplex. Integer ``Categorical`` sites are refused (their costs
+    index with the value, so they cannot take a relaxed one): use OneHotCategorical, or
+    ``relax``, whose control variate is a function of your own.
 
     Attributes:
       eta: the control variate's scale ``η`` (an array: it may be traced and differentiated).
@@ -308,35 +357,45 @@ class REBAR(Branching):
     centred_branches = (False, True, True)
 
     def supports(self, dist) -> bool:
-        return isinstance(dist, dists.Bernoulli)
+        return isinstance(dist, (dists.Bernoulli, dists.OneHotCategorical))
 
     def skeleton(self):
         return REBAR(None, None)
 
     def branches(self, dist, key):
-        logits = jnp.broadcast_to(dist.logits, dist.batch_shape)
-        dtype = logits.dtype
         k_u, k_v = jax.random.split(key)
-        u = jax.random.uniform(k_u, dist.batch_shape, dtype, minval=1e-6, maxval=1 - 1e-6)
-        v = jax.random.uniform(k_v, dist.batch_shape, dtype, minval=1e-6, maxval=1 - 1e-6)
-        p = jax.nn.sigmoid(logits)
-        z = logits + jnp.log(u) - jnp.log1p(-u)
-        b = jax.lax.stop_gradient((z > 0).astype(dtype))
-        u_given_b = jnp.where(b > 0, (1 - p) + v * p, v * (1 - p))  # reparameterised in θ
-        z_given_b = logits + jnp.log(u_given_b) - jnp.log1p(-u_given_b)
-        temperature = jnp.asarray(self.temperature, dtype)
-        eta = jnp.asarray(self.eta, dtype)
+        if isinstance(dist, dists.OneHotCategorical):
+            logits = jnp.broadcast_to(dist.logits, dist.batch_shape + dist.event_shape)
+            dtype = logits.dtype
+            z = logits + jax.random.gumbel(k_u, logits.shape, dtype)
+            index = jnp.argmax(z, axis=-1)
+            b = jax.lax.stop_gradient(jax.nn.one_hot(index, logits.shape[-1], dtype=dtype))
+            z_given_b = _gumbel_given_argmax(logits, index, _open_uniform(k_v, z.shape, dtype))
+            relaxed = lambda x: jax.nn.softmax(x / temperature[..., None], axis=-1)  # noqa: E731
+        else:
+            logits = jnp.broadcast_to(dist.logits, dist.batch_shape)
+            dtype = logits.dtype
+            u = jax.random.uniform(k_u, dist.batch_shape, dtype, minval=1e-6, maxval=1 - 1e-6)
+            v = jax.random.uniform(k_v, dist.batch_shape, dtype, minval=1e-6, maxval=1 - 1e-6)
+            p = jax.nn.sigmoid(logits)
+            z = logits + jnp.log(u) - jnp.log1p(-u)
+            b = jax.lax.stop_gradient((z > 0).astype(dtype))
+            u_given_b = jnp.where(b > 0, (1 - p) + v * p, v * (1 - p))  # reparameterised in θ
+            z_given_b = logits + jnp.log(u_given_b) - jnp.log1p(-u_given_b)
+            relaxed = lambda x: jax.nn.sigmoid(x / temperature)  # noqa: E731
         log_prob = dist.log_prob(b)
+        temperature = jnp.broadcast_to(jnp.asarray(self.temperature, dtype), log_prob.shape)
+        eta = jnp.broadcast_to(jnp.asarray(self.eta, dtype), log_prob.shape)
         score = log_prob - jax.lax.stop_gradient(log_prob)
-        values = jnp.stack(
-            [b, jax.nn.sigmoid(z / temperature), jax.nn.sigmoid(z_given_b / temperature)]
-        )
-        weights = jnp.stack([jnp.exp(score), jnp.broadcast_to(eta, b.shape), -eta * (1.0 + score)])
+        values = jnp.stack([b, relaxed(z), relaxed(z_given_b)])
+        weights = jnp.stack([jnp.exp(score), eta, -eta * (1.0 + score)])
         return values, weights
 
 
 def rebar(eta=1.0, temperature=0.5) -> REBAR:
-    """REBAR estimator for Bernoulli sites (unbiased, first order); η and λ may be traced.
+    """REBAR for Bernoulli and OneHotCategorical sites (unbiased, first order).
+
+    ``η`` and ``λ`` may be traced arrays (learned by descending the squared estimate).
 
     Examples:
       >>> import jax_scg as scg
@@ -344,6 +403,130 @@ def rebar(eta=1.0, temperature=0.5) -> REBAR:
       'first order'
     """
     return REBAR(eta, temperature)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RELAX:
+    """RELAX and LAX (Grathwohl et al. 2018) with a control variate ``c_φ`` of your own.
+
+    Discrete sites (Bernoulli, Categorical, OneHotCategorical): with ``z`` the site's noise
+    on the logit scale, ``b = H(z)`` the sample and ``z̃ ~ p(z | b)`` (reparameterised), the
+    gradient is ``[f(b) − c_φ(z̃)] ∇ log p(b) + ∇c_φ(z) − ∇c_φ(z̃)``. The costs run at
+    ``b`` only, as with the score function (``c_φ`` is not the cost: the costs need accept
+    nothing relaxed); the site's value is the sample ``dist.sample(key)``, and
+    ``z`` shares its random bits. ``c_φ`` receives:
+
+    * Bernoulli: ``z = logits − logit(u)`` (``u`` the uniform that drew ``b = 1[z > 0]``),
+      shaped like the sample;
+    * Categorical and OneHotCategorical: ``z = logits + Gumbel noise`` (``b = argmax z``, as
+      ``jax.random.categorical`` draws it), shaped ``batch_shape + (K,)`` for both;
+    * reparameterised continuous sites (LAX): the sample itself, ``z = z̃ = b``, so the
+      gradient is ``[f(b) − c_φ(b)] ∇ log p(b) + ∇c_φ(b)``.
+
+    Unbiased at first order for any ``c_φ`` and ``φ``; its variance is lowest where the
+    derivative of ``E[ĝ²]`` in ``φ`` vanishes: learn ``φ`` by descending ``jax.grad`` of
+    the squared estimate (see the README). The added terms are zero in value: the
+    estimate's value is the loss on the sample. Sites outside ``lax.scan``/``cond``/
+    ``while_loop`` bodies only.
+
+    Attributes:
+      control_variate: ``c(control_params, z, *site_parameters)``, a pure JAX function whose
+        output is summed to a scalar. ``site_parameters``: the logits (broadcast like ``z``)
+        for the discrete sites, the distribution's array leaves (e.g. ``loc, scale``)
+        otherwise; gradients flow through them too.
+      control_params: a pytree of float arrays ``φ`` (it may be traced and differentiated).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jax_scg as scg
+      >>> from jax_scg import distributions as D
+      >>> def c(phi, z, logits):  # a learnable scale of a relaxed cost
+      ...     return phi[0] * (jax.nn.sigmoid(z / phi[1]) - 0.45) ** 2
+      >>> def loss(theta, phi, key):
+      ...     estimator = scg.estimators.relax(c, phi)
+      ...     return (scg.sample(key, D.Bernoulli(logits=theta), estimator=estimator) - 0.45) ** 2
+      >>> squared = lambda phi, key: scg.grad(loss)(0.0, phi, key) ** 2
+      >>> jax.grad(squared)(jnp.array([1.0, 0.5]), jax.random.key(0)).shape  # to descend
+      (2,)
+    """
+
+    control_variate: Callable = dataclasses.field(metadata={"static": True})
+    control_params: Any = None
+    kind = "relax"
+    guarantee = "first order"
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    def supports(self, dist) -> bool:
+        discrete = isinstance(dist, (dists.Bernoulli, dists.Categorical))
+        return discrete or bool(getattr(dist, "is_reparameterized", False))
+
+    def skeleton(self):
+        """This estimator without its array parameters (a hashable, static description)."""
+        return RELAX(self.control_variate, None)
+
+    def control_term(self, dist, key):
+        """The surrogate term that adds the control variate: zero in value.
+
+        ``−c(z̃)·Σ(log p(b) − ⊥log p(b)) + (c(z) − ⊥c(z)) − (c(z̃) − ⊥c(z̃))`` with ``⊥``
+        ``stop_gradient``: its derivative is ``−c(z̃) ∇ log p(b) + ∇c(z) − ∇c(z̃)``, which is
+        added to the site's score-function surrogate; that derivative's own derivative in
+        ``φ`` is kept (no ``⊥`` on the first ``c(z̃)``), for learning ``φ``.
+        """
+        stop = jax.lax.stop_gradient
+        if isinstance(dist, dists.Categorical):  # OneHotCategorical too
+            logits = jnp.broadcast_to(dist.logits, dist.batch_shape + (dist.support_size,))
+            z = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
+            index = stop(jnp.argmax(z, axis=-1))
+            b = index
+            if isinstance(dist, dists.OneHotCategorical):
+                b = jax.nn.one_hot(index, logits.shape[-1], dtype=logits.dtype)
+            v = _open_uniform(jax.random.fold_in(key, 1), logits.shape, logits.dtype)
+            z_given_b, parameters = _gumbel_given_argmax(logits, index, v), (logits,)
+        elif isinstance(dist, dists.Bernoulli):
+            logits = jnp.broadcast_to(dist.logits, dist.batch_shape)
+            probs = jnp.broadcast_to(dist.probs, dist.batch_shape)
+            u = jax.random.uniform(key, dist.batch_shape, probs.dtype)  # as jax.random.bernoulli
+            b = stop((u < probs).astype(dist.sample(key).dtype))
+            tiny = jnp.finfo(probs.dtype).tiny
+            u = jnp.clip(u, tiny, 1 - jnp.finfo(probs.dtype).epsneg)
+            v = _open_uniform(jax.random.fold_in(key, 1), dist.batch_shape, probs.dtype)
+            u_given_b = jnp.where(b > 0, v * probs, probs + v * (1 - probs))
+            logit = lambda x: jnp.log(x) - jnp.log1p(-x)  # noqa: E731
+            z, z_given_b = logits - logit(u), logits - logit(u_given_b)
+            parameters = (logits,)
+        else:  # LAX: the sample is reparameterised; given b, z̃ = b does not move with θ
+            z = dist.sample(key)
+            b = z_given_b = stop(z)
+            parameters = tuple(jax.tree_util.tree_leaves(dist))
+        log_prob = jnp.sum(dist.log_prob(b))
+        c = lambda x: jnp.sum(self.control_variate(self.control_params, x, *parameters))  # noqa: E731
+        c_z, c_given_b = c(z), c(z_given_b)
+        score = log_prob - stop(log_prob)  # zero, so c(z̃) needs no stop_gradient: it keeps
+        return -c_given_b * score + _centred(c_z) - _centred(c_given_b)  # its φ-derivative
+
+
+def relax(control_variate: Callable, control_params: Any = None) -> RELAX:
+    """RELAX (LAX on continuous sites) with control variate ``control_variate`` (unbiased).
+
+    Args:
+      control_variate: ``c(control_params, z, *site_parameters)``: a pure function, e.g. a
+        small MLP of the relaxed value ``z`` (see ``RELAX`` for what ``z`` is per site).
+      control_params: its parameters ``φ``, a pytree of float arrays; pass them as an
+        argument of the loss (they may be traced, jitted and differentiated).
+
+    Returns:
+      The estimator, for ``scg.sample(..., estimator=...)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jax_scg as scg
+      >>> cv = lambda phi, z, logits: phi * jnp.tanh(z)
+      >>> scg.estimators.relax(cv, jnp.ones(())).guarantee
+      'first order'
+    """
+    return RELAX(control_variate, control_params)
 
 
 def enumerate_support() -> Enumerate:

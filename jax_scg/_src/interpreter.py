@@ -690,6 +690,16 @@ class SampleRule(Rule):
         an.subs[eqn.uid] = ancestors  # aligned with the log-probability's axes where they are
         estimator = site.resolved_estimator(value_dtype)
         branching = isinstance(estimator, estimators.Branching)
+        if isinstance(site.estimator, estimators.RELAX) and an.depth > 0:
+            raise SiteError(
+                site_message(
+                    site.label,
+                    "estimator 'relax' adds its control variate's terms once per site, which "
+                    "jax_scg supports only for sites outside loops, branches and checkpoints.",
+                    "move the site out of the loop or branch, or use another estimator there "
+                    '(e.g. "score_function" with a baseline).',
+                )
+            )
         if branching and an.depth > 0:
             raise SiteError(
                 site_message(
@@ -798,6 +808,8 @@ class SampleRule(Rule):
             if ev.costs and baseline is not None:
                 log_probs = ev.lp_elems[atom]
                 ev.baseline_terms.append(_baseline_term(ev, eqn, site, log_probs, baseline))
+            if ev.costs and key is not None and isinstance(site.estimator, estimators.RELAX):
+                ev.baseline_terms.append(_control_term(ev, eqn, site, key))
         ev.set_outputs(eqn, [value])
 
 
@@ -902,6 +914,16 @@ def _baseline_term(ev, eqn, site, log_probs, baseline):
     if ancestors or ev.branches is not None:  # element i gets its own ancestors' box
         own = own * ev.box(ancestors, jnp.shape(log_probs)).astype(own.dtype)
     return jnp.sum(own * b).astype(tau_dtype())
+
+
+def _control_term(ev, eqn, site, key):
+    """RELAX's control-variate term (zero in value; see ``estimators.RELAX``)."""
+    operands = [jnp.asarray(ev.read(r)) for r in eqn.inputs[1:]]
+    term = primitive.control_term(site, key, operands).astype(tau_dtype())
+    ancestors = alignment.whole(ev.analysis.subs[eqn.uid])
+    if ancestors or ev.branches is not None:  # counted once over other sites' branches
+        term = term * ev.box(ancestors).astype(term.dtype)
+    return term
 
 
 def _baseline_for(site, given, options: Options):

@@ -100,6 +100,8 @@ class SiteInfo:
 
     def resolved_estimator(self, value_dtype):
         """The estimator that ``"auto"`` stands for, given the dtype of the sampled value."""
+        if isinstance(self.estimator, estimators.RELAX):
+            return SCORE_FUNCTION  # plus its control variate's term (``control_term``)
         if self.estimator != "auto":
             return self.estimator
         if self.discontinuity and not self.score_through:
@@ -157,6 +159,26 @@ def branch_draw(site: SiteInfo, estimator, key, leaves, index):
         return values[index], weights[index]
 
     return _vectorize(single, _leaf_axes(site, with_key=True))(key, *leaves)
+
+
+def control_term(site: SiteInfo, key, operands):
+    """RELAX's surrogate term for the site (zero in value), summed over its batch levels.
+
+    ``operands`` are the primitive's operands after the key (their batch axes are those of
+    ``site.batch_axes``, estimator leaves last).
+    """
+    n, m = site.treedef.num_leaves, site.num_estimator_leaves
+    leaves, estimator_leaves = operands[:n], operands[len(operands) - m :]
+
+    def single(key, leaves, estimator_leaves):
+        dist = jax.tree_util.tree_unflatten(site.treedef, leaves)
+        estimator = site.estimator_from([key, *estimator_leaves])
+        return estimator.control_term(dist, key)
+
+    fn = single
+    for axes in reversed(site.batch_axes):
+        fn = jax.vmap(fn, in_axes=(axes[0], list(axes[1 : 1 + n]), list(axes[len(axes) - m :])))
+    return jnp.sum(fn(key, list(leaves), list(estimator_leaves)))
 
 
 def num_branches(site: SiteInfo, operands) -> int:
@@ -401,7 +423,11 @@ _BRANCHING_NEEDS = {
     "disarm": "it needs a Bernoulli distribution",
     "arm": "it needs a Bernoulli distribution",
     "measure_valued": "it needs a Normal distribution",
-    "rebar": "it needs a Bernoulli distribution",
+    "rebar": "it needs a Bernoulli or OneHotCategorical distribution (its relaxed branches "
+    "give the costs vectors of the simplex, which the costs of an integer Categorical, "
+    "indexing with its value, cannot take: use OneHotCategorical, or "
+    "scg.estimators.relax(control_variate, params), whose control variate is your own "
+    "function of the relaxed value and whose costs see samples only)",
 }
 
 
@@ -466,6 +492,17 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
                     "use OneHotCategorical instead of Categorical, or another estimator.",
                 )
             )
+    elif isinstance(estimator, estimators.RELAX):
+        if not estimator.supports(dist):
+            raise SiteError(
+                site_message(
+                    label,
+                    f"estimator 'relax' does not apply to {type(dist).__name__}: it needs a "
+                    "Bernoulli, Categorical or OneHotCategorical distribution (RELAX), or a "
+                    "reparameterised one (LAX).",
+                    'use another estimator (e.g. "score_function" with a baseline).',
+                )
+            )
     elif isinstance(estimator, estimators.Branching):
         if not estimator.supports(dist):
             raise SiteError(
@@ -528,7 +565,8 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
             )
         ) from None
     estimator_leaves, estimator_treedef = [], None
-    if isinstance(estimator, estimators.Branching) and estimator.skeleton() is not estimator:
+    with_parameters = isinstance(estimator, (estimators.Branching, estimators.RELAX))
+    if with_parameters and estimator.skeleton() is not estimator:
         estimator_leaves, estimator_treedef = jax.tree_util.tree_flatten(estimator)
         estimator_leaves = [jnp.asarray(x, jnp.result_type(float)) for x in estimator_leaves]
         estimator = estimator.skeleton()
