@@ -122,8 +122,8 @@ def test_relax_is_unbiased_against_enumeration(name):
     assert_mean_close(grads, jax.grad(exact)(theta))
     # the control variate acts: the estimates differ from the plain score function's
     fresh = keys(seed + 2, 4)
-    plain = jax.vmap(lambda k: scg.grad(model("score_function"))(theta, k))(fresh)
-    relaxed = jax.vmap(lambda k: estimate(theta, k))(fresh)
+    plain = mc(scg.grad(model("score_function")), theta, seed=seed + 2, n=4)
+    relaxed = mc(estimate, theta, seed=seed + 2, n=4)
     assert not np.allclose(plain, relaxed)
     # no jit gives the jitted estimates; the value is the loss on the sample
     np.testing.assert_allclose(estimate(theta, fresh[0]), relaxed[0], rtol=1e-4, atol=1e-6)
@@ -167,6 +167,45 @@ def test_rebar_on_one_hot_categorical_is_unbiased_against_enumeration():
 
     exact = lambda t: jnp.sum(jax.nn.softmax(t, -1) @ (V - 0.3) ** 2)  # noqa: E731
     assert_mean_close(mc(scg.grad(vector), theta, seed=14024, n=N), jax.grad(exact)(theta))
+
+
+def test_relax_site_under_vmap_inside_the_loss():
+    phi = mlp_init(jax.random.key(14070), 1)
+    weights = jnp.array([1.0, 2.0])
+
+    def loss(theta, key):
+        def one(k, t):
+            return scg.sample(k, D.Bernoulli(logits=t), estimator=scg.estimators.relax(mlp, phi))
+
+        x = jax.vmap(one)(jax.random.split(key, 2), theta)
+        return jnp.sum((x - 0.45) ** 2 * weights)
+
+    exact = lambda t: jnp.sum((sig(t) * 0.55**2 + (1 - sig(t)) * 0.45**2) * weights)  # noqa: E731
+    theta = jnp.array([0.3, -0.4])
+    assert_mean_close(mc(scg.grad(loss), theta, seed=14071, n=N), jax.grad(exact)(theta))
+
+
+def test_relax_site_downstream_of_a_branching_site():
+    # An enumerated site upstream runs the rest twice: the control term counts once per branch,
+    # weighted like the costs.
+    phi = mlp_init(jax.random.key(14072), 1)
+
+    def loss(theta, key):
+        k1, k2 = jax.random.split(key)
+        y = scg.sample(k1, D.Bernoulli(logits=theta[0]), estimator="enumerate")
+        relax = scg.estimators.relax(mlp, phi)
+        x = scg.sample(k2, D.Bernoulli(logits=theta[1] + y), estimator=relax)
+        return (x - 0.45 + y) ** 2
+
+    def exact(theta):
+        total = 0.0
+        for y in (0.0, 1.0):
+            p_y, p_x = sig(theta[0]) if y else 1 - sig(theta[0]), sig(theta[1] + y)
+            total += p_y * (p_x * (0.55 + y) ** 2 + (1 - p_x) * (y - 0.45) ** 2)
+        return total
+
+    theta = jnp.array([0.3, -0.4])
+    assert_mean_close(mc(scg.grad(loss), theta, seed=14073, n=N), jax.grad(exact)(theta))
 
 
 # -- learning the control variate -------------------------------------------------------------
