@@ -336,3 +336,13 @@ def test_relax_inside_a_loop_is_refused():
 
     with pytest.raises(scg.SiteError, match="'relax'.*outside loops"):
         scg.grad(fn)(0.0, jax.random.key(14064))
+
+
+def test_graph_names_relax_sites():
+    estimator = scg.estimators.relax(lambda phi, z, logits: phi * z, jnp.asarray(1.0))
+
+    def fn(theta, key):
+        return scg.sample(key, D.Bernoulli(logits=theta), estimator=estimator, name="x") ** 2
+
+    graph = scg.graph(fn)(0.0, jax.random.key(14080))
+    assert [n.estimator for n in graph.nodes if n.kind == "site"] == ["relax"]

@@ -295,6 +295,8 @@ class _Builder:
         node_id = self._site_ids.setdefault(eqn.uid, f"s{len(self._site_ids)}")
         value = scope.avals[eqn.outputs[0]]
         estimator = site.resolved_estimator(value.dtype)
+        if getattr(site.estimator, "kind", None) == "relax":  # a score function site, named
+            estimator = site.estimator
         parents = frozenset().union(of(key), *(of(r) for r in leaves))
         self.nodes[node_id] = Node(
             node_id,
