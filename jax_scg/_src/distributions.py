@@ -64,16 +64,17 @@ __all__ = [
 def _softplus(x: Array) -> Array:
     """``log(1 + exp(x))``, stable, with exact derivatives of every order everywhere.
 
-    Each branch is an exact analytic form of softplus on its side of 0 (so derivatives at
-    x = 0 are those of softplus: 1/2, 1/4, ...), and the double ``where`` keeps the branch
-    that is not taken from producing inf/NaN gradients. ``jax.nn.softplus`` is avoided on
-    purpose: its custom JVP gives wrong second derivatives (reverse mode inside ``lax.scan``)
-    on JAX 0.10-0.11.
+    One exponential and one ``log1p`` per element (as NumPyro's), on ``s = -|x|`` written as
+    ``where(x > 0, -x, x)``: its derivative is -1 or 1, never the 0 that ``abs`` has at 0.
+    So each side is an exact analytic form of softplus, ``x + log1p(exp(-x))`` for x > 0 and
+    ``log1p(exp(x))`` for x <= 0, and derivatives at x = 0 are softplus's own (1/2, 1/4, 0,
+    ...); ``exp(s) <= 1`` never overflows. (``max(x, 0) + log1p(exp(-abs(x)))`` has the right
+    first derivative at 0 but a second derivative of 0 there, since ``abs`` has derivative 0
+    at 0.) ``jax.nn.softplus`` is avoided on purpose: its custom JVP gives wrong second
+    derivatives (reverse mode inside ``lax.scan``) on JAX 0.10-0.11.
     """
     positive = x > 0
-    x_pos = jnp.where(positive, x, 0)
-    x_neg = jnp.where(positive, 0, x)
-    return jnp.where(positive, x_pos + jnp.log1p(jnp.exp(-x_pos)), jnp.log1p(jnp.exp(x_neg)))
+    return jnp.where(positive, x, 0) + jnp.log1p(jnp.exp(jnp.where(positive, -x, x)))
 
 
 def _safe_xlogy(x: Array, y: Array, log=jnp.log) -> Array:
