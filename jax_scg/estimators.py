@@ -2,7 +2,7 @@
 ``"auto"``, ``"score_function"`` and ``"pathwise"``; see the table in
 ``jax_scg._src.estimators`` (and the README). Each is also available by its name as a string:
 ``"gumbel_softmax"``, ``"straight_through"``, ``"enumerate"``, ``"disarm"``, ``"arm"``,
-``"measure_valued"``, ``"rebar"``."""
+``"measure_valued"``, ``"rebar"``, ``"indecater"``."""
 
 from jax_scg._src.estimators import ARM as ARM
 from jax_scg._src.estimators import REBAR as REBAR
@@ -20,22 +20,30 @@ from jax_scg._src.estimators import measure_valued as measure_valued
 from jax_scg._src.estimators import rebar as rebar
 from jax_scg._src.estimators import relax as relax
 from jax_scg._src.estimators import straight_through as straight_through
+from jax_scg._src.sets import IndeCateR as IndeCateR
+from jax_scg._src.sets import UnorderedSet as UnorderedSet
+from jax_scg._src.sets import indecater as indecater
+from jax_scg._src.sets import unordered_set as unordered_set
 
 __all__ = [
     "ARM",
     "Branching",
     "DisARM",
     "Enumerate",
+    "IndeCateR",
     "MeasureValued",
     "REBAR",
     "RELAX",
     "Relaxation",
+    "UnorderedSet",
     "arm",
     "disarm",
     "enumerate_support",
     "gumbel_softmax",
+    "indecater",
     "measure_valued",
     "rebar",
     "relax",
     "straight_through",
+    "unordered_set",
 ]

@@ -21,6 +21,13 @@ downstream code once per branch value and weight the branches' costs.
 | ``relax``            | Bernoulli, Categorical,      | unbiased, first order; learnable  |
 |                      | OneHotCategorical; LAX for   | control variate c_φ (a function,  |
 |                      | reparameterised continuous   | e.g. a small MLP, and its params) |
+| ``unordered_set(k)`` | Categorical,                 | unbiased, first order; k distinct |
+|                      | OneHotCategorical            | values (without replacement), a   |
+|                      |                              | built-in baseline; exact sum when |
+|                      |                              | k ≥ the number of categories      |
+| ``indecater``        | Bernoulli, Categorical,      | unbiased, first order; D·n values |
+|                      | OneHotCategorical (vectors   | (one coordinate changed each); the|
+|                      | of D independent coordinates)| costs may mix the coordinates     |
 """
 
 from __future__ import annotations

@@ -428,6 +428,8 @@ _BRANCHING_NEEDS = {
     "indexing with its value, cannot take: use OneHotCategorical, or "
     "scg.estimators.relax(control_variate, params), whose control variate is your own "
     "function of the relaxed value and whose costs see samples only)",
+    "unordered_set": "it needs a Categorical or OneHotCategorical distribution",
+    "indecater": "it needs a Bernoulli, Categorical or OneHotCategorical distribution",
 }
 
 
