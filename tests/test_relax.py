@@ -185,6 +185,19 @@ def test_relax_site_under_vmap_inside_the_loss():
     assert_mean_close(mc(scg.grad(loss), theta, seed=14071, n=N), jax.grad(exact)(theta))
 
 
+def test_relax_with_a_baseline_stays_unbiased():
+    # The site is a score function site: a baseline acts on f(b)'s score as usual.
+    phi = mlp_init(jax.random.key(14074), 1)
+
+    def loss(theta, key):
+        relax = scg.estimators.relax(mlp, phi)
+        x = scg.sample(key, D.Bernoulli(logits=theta), estimator=relax, baseline=0.25)
+        return (x - 0.45) ** 2
+
+    exact = lambda t: sig(t) * 0.55**2 + (1 - sig(t)) * 0.45**2  # noqa: E731
+    assert_mean_close(mc(scg.grad(loss), 0.3, seed=14075, n=N), jax.grad(exact)(0.3))
+
+
 def test_relax_site_downstream_of_a_branching_site():
     # An enumerated site upstream runs the rest twice: the control term counts once per branch,
     # weighted like the costs.

@@ -428,14 +428,16 @@ class RELAX:
       shaped like the sample;
     * Categorical and OneHotCategorical: ``z = logits + Gumbel noise`` (``b = argmax z``, as
       ``jax.random.categorical`` draws it), shaped ``batch_shape + (K,)`` for both;
-    * reparameterised continuous sites (LAX): the sample itself, ``z = z̃ = b``, so the
-      gradient is ``[f(b) − c_φ(b)] ∇ log p(b) + ∇c_φ(b)``.
+    * reparameterised continuous sites (LAX): the sample itself, ``z = b``, differentiated
+      along its reparameterisation (``z̃ = b`` held fixed), so the gradient is
+      ``[f(b) − c_φ(b)] ∇ log p(b) + ∇c_φ(b)``.
 
     Unbiased at first order for any ``c_φ`` and ``φ``; its variance is lowest where the
     derivative of ``E[ĝ²]`` in ``φ`` vanishes: learn ``φ`` by descending ``jax.grad`` of
     the squared estimate (see the README). The added terms are zero in value: the
-    estimate's value is the loss on the sample. Sites outside ``lax.scan``/``cond``/
-    ``while_loop`` bodies only.
+    estimate's value is the loss on the sample. A ``baseline=`` acts on ``f(b)``'s score as
+    for the score function. Sites outside ``lax.scan``/``cond``/``while_loop`` bodies only;
+    ``scg.condition`` cannot plant their values.
 
     Attributes:
       control_variate: ``c(control_params, z, *site_parameters)``, a pure JAX function whose

@@ -655,8 +655,9 @@ def _check_planted(site: SiteInfo, estimator, key, leaves, value):
         raise SiteError(
             site_message(
                 site.label,
-                f"scg.condition planted a value at a site with estimator {estimator!r}, which "
-                "evaluates several values of its own.",
+                "scg.condition planted a value at a site with estimator "
+                f"{getattr(estimator, 'kind', estimator)!r}, which evaluates several values of "
+                "its own (or values beside its sample).",
                 'plant values only at "score_function"/"pathwise"/"auto" sites.',
             )
         )
