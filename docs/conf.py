@@ -42,7 +42,8 @@ extensions = [
 ]
 
 exclude_patterns = ["_build", "README.md", "**.ipynb_checkpoints"]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+# .rst first: autosummary writes its generated pages with the first suffix.
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 
 # Notebooks: render the stored outputs, never execute (CI executes them in tests/).
 nb_execution_mode = "off"
