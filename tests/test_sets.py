@@ -188,6 +188,32 @@ def test_a_set_covering_the_support_is_the_exact_sum_key_by_key(estimator, one_h
         np.testing.assert_allclose(grad, jax.grad(single_exact)(LOGITS), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("k", "seed"), [(2, 14126), (4, 14127)])
+def test_categories_of_probability_zero_are_left_out(k, seed):
+    # Two of five categories masked: k = 4 holds the three others (the exact sum) and one
+    # masked category of weight 0; k = 2 is unbiased.
+    masked = jnp.array([0.3, -jnp.inf, -0.5, 1.0, -jnp.inf])
+
+    def fn(theta, key):
+        return single(scg.estimators.unordered_set(k))(theta + masked, key)
+
+    def exact(theta):
+        theta = theta + masked
+        p = jax.nn.softmax(theta)
+        return jnp.sum(jnp.where(p > 0, p * (jnp.sin(VALUES * theta[2]) + VALUES**2), 0.0))
+
+    values, grads = mc(scg.value_and_grad(fn), LOGITS, seed=seed, n=2_000 if k == 4 else N)
+    assert np.isfinite(np.asarray(grads)).all()
+    if k == 4:
+        np.testing.assert_allclose(values, exact(LOGITS), rtol=1e-5)
+        np.testing.assert_allclose(
+            grads, np.broadcast_to(jax.grad(exact)(LOGITS), grads.shape), rtol=1e-4, atol=1e-5
+        )
+    else:
+        assert_mean_close(values, exact(LOGITS))
+        assert_mean_close(grads, jax.grad(exact)(LOGITS))
+
+
 # -- sampling without replacement --------------------------------------------------------------
 
 
@@ -212,7 +238,7 @@ def test_set_probabilities_match_the_sum_over_orderings():
     p = np.asarray(jax.nn.softmax(jax.random.normal(jax.random.key(14111), (7,))))
     chosen = [5, 1, 3, 6]
     outside = math.log(sum(p[i] for i in range(7) if i not in chosen))
-    log_q = sets.set_log_probs(jnp.log(jnp.asarray(p[chosen])), outside)
+    log_q = jax.jit(sets.set_log_probs)(jnp.log(jnp.asarray(p[chosen])), outside)
     for mask in range(16):
         subset = [chosen[i] for i in range(4) if mask >> i & 1]
         removed = sum(p[c] for c in chosen if c not in subset)
@@ -346,7 +372,7 @@ def test_a_cost_combining_elements_of_a_batched_unordered_set_site_is_refused():
         return jnp.sum(VALUES[:3][x]) ** 2  # each element draws its own set: no joint weight
 
     with pytest.raises(scg.SiteError, match="per-element credit"):
-        scg.grad(fn)(THETA_VECTOR, jax.random.key(14123))
+        jax.jit(scg.grad(fn))(THETA_VECTOR, jax.random.key(14123))
 
 
 def test_a_batched_unordered_set_site_with_per_element_costs():

@@ -104,30 +104,38 @@ def set_log_probs(log_p, outside):
     for masks, members, without in _subset_tables(k):
         first = jax.nn.logsumexp(log_p[members] + log_q[without], axis=-1)
         mass = jnp.logaddexp(outside, jax.nn.logsumexp(log_p[members], axis=-1))
-        log_q = log_q.at[masks].set(first - mass)
+        log_q = log_q.at[masks].set(first - jnp.where(mass > -jnp.inf, mass, 0.0))  # 0 not NaN
     return log_q
 
 
 def _set_weights(log_p, chosen, with_baseline: bool):
-    """The unordered set estimator's weights of the ``k`` categories ``chosen`` (one site)."""
+    """The unordered set estimator's weights of the ``k`` categories ``chosen`` (one site).
+
+    Categories of probability zero (Gumbel-top-k draws them last, only once every category of
+    positive probability is in the set) are left out of the set: weight 0, and the others'
+    weights those of the exact sum.
+    """
     k = chosen.shape[0]
     fixed = jax.lax.stop_gradient(log_p)
     log_p_set = fixed[chosen]
     outside = jnp.ones(log_p.shape, bool).at[chosen].set(False)
     log_r = jax.nn.logsumexp(jnp.where(outside, fixed, -jnp.inf))
-    log_q = set_log_probs(log_p_set, log_r)
-    full = 2**k - 1
-    bits = 1 << np.arange(k)
-    log_ratio = log_q[full - bits] - log_q[full]  # log R(S, s)
-    value = jnp.exp(log_p_set + log_ratio)  # p(s) R(S, s): the value estimate's weights
-    slope = _centred(jnp.exp(log_p[chosen])) * jnp.exp(log_ratio)  # ∇p(s) R(S, s)
+    log_q = set_log_probs(log_p_set, log_r)  # entries with a zero-probability member unused
+    valid = log_p_set > -jnp.inf
+    bits = jnp.asarray(1 << np.arange(k), jnp.int32)
+    full = jnp.sum(jnp.where(valid, bits, 0))  # the set: its members of positive probability
+    log_ratio = log_q[full & ~bits] - log_q[full]  # log R(S, s)
+    ratio = jnp.where(valid, jnp.exp(log_ratio), 0.0)
+    value = jnp.exp(log_p_set) * ratio  # p(s) R(S, s): the value estimate's weights
+    slope = _centred(jnp.exp(log_p[chosen])) * ratio  # ∇p(s) R(S, s)
     if not with_baseline or k == 1:
         return value + slope
-    # R^{D\s}(S, s') = Q(S \ {s, s'}) / Q(S \ {s}) (1 for s' = s): the weights of the leave-s-out
-    # estimate of E[f] that is the baseline of s.
-    pairs = full - (bits[:, None] | bits[None, :])
-    loo = jnp.exp(log_q[pairs] - log_q[full - bits][:, None])
+    # R^{D\s}(S, s') = Q(S \ {s, s'}) / Q(S \ {s}) (1 for s' = s): the weights of the
+    # leave-s-out estimate of E[f] that is the baseline of s.
+    pairs = full & ~(bits[:, None] | bits[None, :])
+    loo = jnp.exp(log_q[pairs] - log_q[full & ~bits][:, None])
     loo = jnp.where(np.eye(k, dtype=bool), 1.0, loo)
+    loo = jnp.where(valid[:, None] & valid[None, :], loo, 0.0)
     baseline = jnp.exp(log_p_set) * jnp.einsum("i,ij->j", slope, loo)
     return value + slope - baseline
 
@@ -147,8 +155,9 @@ class UnorderedSet(estimators.Branching):
     Unbiased at first order. With ``k`` at least the number of categories it is the exact sum.
 
     Cost: ``k`` evaluations of the downstream code and ``k 2^k`` operations per site element
-    for the set probabilities, so ``k ≤ 12`` (``MAX_SET_SIZE``). ``k`` must not exceed the
-    number of categories of nonzero probability. A cost combining several elements of a
+    for the set probabilities, so ``k ≤ 12`` (``MAX_SET_SIZE``). Categories of probability
+    zero (``-inf`` logits) are drawn only once the set holds all the others, and then get
+    weight zero. A cost combining several elements of a
     batched site is refused (each element draws its own set; use ``indecater`` there).
 
     Attributes:
@@ -165,7 +174,7 @@ class UnorderedSet(estimators.Branching):
       >>> logits = jnp.array([0.0, 1.0, 2.0, -1.0])
       >>> exact = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * costs))(logits)
       >>> many = jax.random.split(jax.random.key(0), 4000)
-      >>> grads = jax.vmap(scg.grad(f), (None, 0))(logits, many)
+      >>> grads = jax.jit(jax.vmap(scg.grad(f), (None, 0)))(logits, many)
       >>> bool(jnp.allclose(grads.mean(0), exact, atol=0.05))  # unbiased: 2 of 4 categories
       True
     """
