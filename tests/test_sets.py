@@ -83,12 +83,10 @@ def vector_exact(theta, bernoulli=False):
         p = jnp.stack([1 - p, p], -1)
     else:
         p = jax.nn.softmax(theta, -1)
-    total = 0.0
-    for xs in itertools.product(range(p.shape[-1]), repeat=4):
-        weight = math.prod(p[d, c] for d, c in enumerate(xs))
-        s = sum(float(c) * VALUES[d] if bernoulli else VALUES[c] for d, c in enumerate(xs))
-        total += weight * ((s - 1.0) ** 2 + jax.nn.sigmoid(0.5 * s) * jnp.sum(theta))
-    return total
+    xs = jnp.array(list(itertools.product(range(p.shape[-1]), repeat=4)))  # every joint value
+    weight = jnp.prod(p[jnp.arange(4), xs], -1)
+    s = jnp.sum(xs * VALUES[:4] if bernoulli else VALUES[xs], -1)
+    return jnp.sum(weight * ((s - 1.0) ** 2 + jax.nn.sigmoid(0.5 * s) * jnp.sum(theta)))
 
 
 THETA_VECTOR = jax.random.normal(jax.random.key(14100), (4, 3))
@@ -384,3 +382,29 @@ def test_a_batched_unordered_set_site_with_per_element_costs():
     assert_mean_close(
         mc(scg.grad(fn), THETA_VECTOR, seed=14124, n=N), jax.grad(exact)(THETA_VECTOR)
     )
+
+
+# -- composition -------------------------------------------------------------------------------
+
+
+def test_indecater_sites_under_vmap_and_next_to_an_unordered_set_site():
+    # Two vector sites from jax.vmap (one weight per vmapped site), and an unordered set site
+    # whose cost mixes with them: the branches multiply (12 × 2 per vmapped instance).
+    def fn(theta, key):
+        k1, k2 = jax.random.split(key)
+        sample = lambda k, t: scg.sample(k, D.Categorical(logits=t), estimator="indecater")  # noqa: E731
+        x = jax.vmap(sample)(jax.random.split(k1, 2), theta)
+        y = scg.sample(
+            k2, D.Categorical(logits=theta[0, 0]), estimator=scg.estimators.unordered_set(2)
+        )
+        return jnp.sum(jnp.tanh(jnp.sum(VALUES[:3][x], -1) - VALUES[y]) ** 2)
+
+    def exact(theta):
+        xs = jnp.array(list(itertools.product(range(3), repeat=4)))  # (81, 4)
+        p = jnp.prod(jax.nn.softmax(theta, -1)[:, jnp.arange(4), xs], -1)  # (2, 81)
+        q = jax.nn.softmax(theta[0, 0])
+        cost = jnp.tanh(jnp.sum(VALUES[xs], -1)[:, None] - VALUES[:3]) ** 2  # (81, y)
+        return jnp.sum(p @ cost @ q)
+
+    theta = jnp.stack([THETA_VECTOR, -THETA_VECTOR])
+    assert_mean_close(mc(scg.grad(fn), theta, seed=14128, n=4_000), jax.grad(exact)(theta))
