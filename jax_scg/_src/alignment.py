@@ -371,5 +371,16 @@ def log_prob_for_cost(log_probs, axes: tuple, cost_shape):
     targets = [a for a in axes if a is not None]
     order = sorted(range(len(targets)), key=targets.__getitem__)
     log_probs = jnp.transpose(log_probs, order)
+    # An aligned axis may differ in size: a prefix slice (``x[0]``, ``x[:2]``) keeps the first
+    # elements, a concatenation or padding after the site appends elements it does not
+    # influence (log-probability 0 there); a site axis of size 1 broadcasts.
+    for k, target in enumerate(sorted(targets)):
+        size, wanted = log_probs.shape[k], cost_shape[target]
+        if size > wanted:
+            log_probs = lax.slice_in_dim(log_probs, 0, wanted, axis=k)
+        elif 1 < size < wanted:
+            padding = [(0, 0, 0)] * log_probs.ndim
+            padding[k] = (0, wanted - size, 0)
+            log_probs = lax.pad(log_probs, jnp.zeros((), log_probs.dtype), padding)
     layout = tuple(d if i in targets else 1 for i, d in enumerate(cost_shape))
     return lax.broadcast_in_dim(log_probs, layout, tuple(sorted(targets)))
