@@ -348,11 +348,10 @@ def warmup_baselines(loss, flat, n, seed, chunk):
     return {k: jnp.asarray(v / n, jnp.float32) for k, v in sums.items()}
 
 
-def numpyro_grad_b(x, unravel):
-    """The ELBO gradient estimate of NumPyro's TraceGraph_ELBO for model B, plate over images."""
+def numpyro_model_b(x):
+    """The sigmoid belief net as a NumPyro model, plate over images."""
     import numpyro
     import numpyro.distributions as dist
-    from numpyro.infer import TraceGraph_ELBO
 
     images = x.shape[0]
     init = sbn_params()  # start values only: the loss substitutes the flat vector's
@@ -365,6 +364,17 @@ def numpyro_grad_b(x, unravel):
             z1 = numpyro.sample("z1", dist.Bernoulli(logits=z2 @ w2.T + b2).to_event(1))
             numpyro.sample("x", dist.Bernoulli(logits=z1 @ w1.T + b1).to_event(1), obs=x)
 
+    return model
+
+
+def numpyro_guide_b(x):
+    """The guide q(z1 | x) q(z2 | z1) as a NumPyro guide, plate over images."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    images = x.shape[0]
+    init = sbn_params()
+
     def guide(x):
         v1, c1 = numpyro.param("V1", init["V1"]), numpyro.param("c1", init["c1"])
         v2, c2 = numpyro.param("V2", init["V2"]), numpyro.param("c2", init["c2"])
@@ -372,6 +382,14 @@ def numpyro_grad_b(x, unravel):
             z1 = numpyro.sample("z1", dist.Bernoulli(logits=x @ v1.T + c1).to_event(1))
             numpyro.sample("z2", dist.Bernoulli(logits=z1 @ v2.T + c2).to_event(1))
 
+    return guide
+
+
+def numpyro_grad_b(x, unravel):
+    """The ELBO gradient estimate of NumPyro's TraceGraph_ELBO for model B, plate over images."""
+    from numpyro.infer import TraceGraph_ELBO
+
+    model, guide = numpyro_model_b(x), numpyro_guide_b(x)
     elbo = TraceGraph_ELBO()
 
     def grad(flat, key):
@@ -439,11 +457,11 @@ def model_b(images, size, warmup):
         f"The baseline is the mean downstream cost of each element of z1 and z2 over {warmup} "
         "warm-up keys not used by the measured rows (scg.downstream_costs): a fixed constant "
         "per element, not learned, not input-dependent. NumPyro's downstream cost of a site holds "
-        "whole log-probability terms (for z1: all of log p(x | z1), log p(z1 | z2), "
-        "log q(z1 | x), log q(z2 | z1)), jax_scg only the summands the site reaches (z1·logits "
-        "but not softplus(logits) where the logits are free of z1; log p(z2) not at all), so "
-        "the plain variances differ (here NumPyro's is lower, in model A higher) while the "
-        "means agree.",
+        "whole log-probability terms per image (for z1: all of log p(x | z1), log p(z1 | z2), "
+        "log p(z2), log q(z1 | x), log q(z2 | z1)); jax_scg's holds each element's own "
+        "log q only, and not the constant log p(z2), so the plain variances differ (here "
+        "NumPyro's is lower, in model A higher) while the means agree; sbn_ablation.py "
+        "isolates each difference.",
         "Model B agreement of each jax_scg row's mean gradient with NumPyro's, max over "
         "coordinates of |Δmean| / sqrt(SE₁² + SE₂²) (the bar is 5; over "
         f"{flat.size} coordinates about 4 happens by chance): " + "; ".join(agreement) + ".",
