@@ -46,7 +46,7 @@ import storch.method.relax as storch_relax
 import storch.storch as storch_core
 import torch
 from storch.util import magic_box
-from torch.distributions import Bernoulli
+from torch.distributions import Bernoulli, OneHotCategorical
 from torch.distributions.utils import clamp_probs
 
 sys.setrecursionlimit(100_000)
@@ -91,6 +91,20 @@ def rollout_exact(theta=ROLLOUT_THETA):
     w = np.exp(logp)
     assert abs(w.sum() - 1.0) < 1e-9
     return (w * cost) @ score
+
+
+CATEGORIES = 10
+CAT_MODEL = f"{CATEGORIES}-way Categorical toy"
+CAT_TARGET = 0.45
+
+
+def categorical_exact():
+    """Gradient of Σ_i softmax(θ)_i (w_i − t)² at θ = linspace(−1, 1, 10), w_i = i/9."""
+    theta = np.linspace(-1.0, 1.0, CATEGORIES)
+    p = np.exp(theta - theta.max())
+    p /= p.sum()
+    f = (np.arange(CATEGORIES) / (CATEGORIES - 1.0) - CAT_TARGET) ** 2
+    return p * (f - p @ f)
 
 
 # --------------------------------------------------------------------------- storch plumbing
@@ -226,6 +240,17 @@ def toy_sequential(method, t, n, warmup):
     return out, time.perf_counter() - start
 
 
+def categorical_batched(make_method, n):
+    """n independent estimates for the 10-way Categorical toy, in one storch.backward."""
+    th = torch.linspace(-1.0, 1.0, CATEGORIES).repeat(n, 1).requires_grad_(True)
+    theta = storch.denote_independent(th, 0, "batch")
+    x = make_method("x")(OneHotCategorical(logits=theta))
+    w = torch.arange(CATEGORIES, dtype=torch.float32) / (CATEGORIES - 1.0)
+    storch.add_cost(((x * w).sum(-1) - CAT_TARGET) ** 2, "cost")
+    storch.backward(update_estimator_params=False)
+    return th.grad.detach().double().numpy() * n
+
+
 def _rollout(theta0, theta1, methods, per_step_costs):
     state, total = 0.0, 0.0
     for step in range(STEPS):
@@ -278,6 +303,8 @@ def make_row(model, estimator, g, seconds, exact, n_estimates, note=None, patch=
             float(np.max(np.abs(mean - exact) / np.maximum(se, floor))), 2
         ),
         "variance": float(g.var(0, ddof=1).mean()),
+        # SE of that variance: per estimate, its mean squared deviation over coordinates.
+        "variance_se": float(((g - mean) ** 2).mean(1).std(ddof=1) / np.sqrt(len(g))),
         "seconds_per_estimate": seconds / n_estimates,
         "n": int(n_estimates),
     }
@@ -452,6 +479,48 @@ def main(argv=None):
                 ("RELAX, untrained c_phi MLP (in_dim=1), τ=1, η=1", lambda p: M.RELAX(p, in_dim=1)),
             ]:
                 toy(name + " [diagnostic fix]", make, patch=SUM_SHIM + "; " + COND_FIX)
+
+    cat_exact = categorical_exact()
+
+    def cat(name, make, cost, **kw):
+        attempt(
+            rows,
+            failures,
+            CAT_MODEL,
+            name,
+            lambda: categorical_batched(make, n_toy),
+            cat_exact,
+            seed=3,
+            warm=lambda: categorical_batched(make, 64),
+            note=f"cost evaluations per estimate: {cost}",
+            **kw,
+        )
+
+    cat("ScoreFunction (plain REINFORCE)", lambda p: M.ScoreFunction(p), "1")
+    cat(
+        "ScoreFunction, baseline_factory='batch_average', n_samples=4 (per 4-sample estimate)",
+        lambda p: M.ScoreFunction(p, n_samples=4, baseline_factory="batch_average"),
+        "4",
+    )
+    cat("UnorderedSetEstimator, k=4", lambda p: M.UnorderedSetEstimator(p, k=4), "4")
+    cat(
+        "ScoreFunctionWOR, k=4, unbiased",
+        lambda p: M.ScoreFunctionWOR(p, k=4, biased=False),
+        "4",
+    )
+    cat("Expect (exact enumeration)", lambda p: M.Expect(p), f"{CATEGORIES}")
+    cat("REBAR τ=1, η=1 (untrained)", lambda p: M.REBAR(p), "1 + 2 relaxed (control variate)")
+    for name, make, cost in [
+        ("REBAR τ=1, η=1 (untrained)", lambda p: M.REBAR(p), "1 + 2 relaxed (control variate)"),
+        (
+            f"RELAX, untrained c_phi MLP (in_dim={CATEGORIES})",
+            lambda p: M.RELAX(p, in_dim=CATEGORIES),
+            "1 + 2 control-variate MLP evaluations",
+        ),
+    ]:
+        cat(name + " [as shipped]", make, cost)
+        with patched(sum_shim=True):
+            cat(name, make, cost, patch=SUM_SHIM)
 
     exact = rollout_exact()
     model = ROLLOUT_MODEL

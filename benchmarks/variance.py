@@ -89,6 +89,46 @@ def learn_rebar_control(loss, theta, steps):
     return scg.estimators.rebar(control[0], jnp.exp(control[1])), control
 
 
+def relax_control(t):
+    """RELAX's c_φ for the REBAR toy: a scaled relaxed cost plus a small MLP of z."""
+
+    def c(phi, z, logits):
+        relaxed = phi["scale"] * (jax.nn.sigmoid(z / jnp.exp(phi["log_temp"])) - t) ** 2
+        hidden = jnp.tanh(z[..., None] * phi["w1"] + phi["b1"])
+        return relaxed + hidden @ phi["w2"]
+
+    phi = {
+        "scale": jnp.asarray(1.0),
+        "log_temp": jnp.log(0.5),
+        "w1": 0.1 * jax.random.normal(jax.random.key(9), (8,)),
+        "b1": jnp.zeros(8),
+        "w2": jnp.zeros(8),
+    }
+    return c, phi
+
+
+def learn_relax_control(loss, t, theta, steps):
+    """RELAX's φ fitted by descending the squared gradient estimate (its variance)."""
+    c, phi = relax_control(t)
+
+    def squared(phi, key):
+        estimator = scg.estimators.relax(c, phi)
+        return scg.grad(functools.partial(loss, estimator=estimator))(theta, key) ** 2
+
+    optimiser = optax.adam(0.02)
+
+    @jax.jit
+    def step(phi, opt_state, key):
+        g = jax.vmap(jax.grad(squared), (None, 0))(phi, jax.random.split(key, 256))
+        updates, opt_state = optimiser.update(jax.tree.map(lambda x: x.mean(0), g), opt_state)
+        return optax.apply_updates(phi, updates), opt_state
+
+    opt_state = optimiser.init(phi)
+    for key in jax.random.split(jax.random.key(10), steps):
+        phi, opt_state = step(phi, opt_state, key)
+    return scg.estimators.relax(c, phi)
+
+
 def learn_critic(theta, steps):
     """A linear value baseline V(s) = ψ0 + ψ1 s fitted with ``critic_argnums``."""
     grads = jax.vmap(scg.grad(rollout_with_critic, critic_argnums=1), (None, None, 0))
@@ -154,12 +194,126 @@ def rows_for(name, variants, exact, theta, n, seed):
     return rows
 
 
+CATEGORIES = 10
+CAT_WEIGHTS = jnp.arange(CATEGORIES) / (CATEGORIES - 1.0)
+CAT_TARGET = 0.45
+CAT_THETA = jnp.linspace(-1.0, 1.0, CATEGORIES)
+
+
+def categorical_toy(theta, key, estimator="score_function", name=None):
+    """E[(x·w − t)²], x ~ OneHotCategorical(logits=θ), 10 categories, w_i = i/9, t = 0.45."""
+    x = scg.sample(key, D.OneHotCategorical(logits=theta), estimator=estimator, name=name)
+    return (x @ CAT_WEIGHTS - CAT_TARGET) ** 2
+
+
+def categorical_exact(theta):
+    """The exact gradient by enumerating the 10 categories."""
+    return jax.grad(lambda t: jax.nn.softmax(t) @ (CAT_WEIGHTS - CAT_TARGET) ** 2)(theta)
+
+
+def mean_of(grad, m):
+    """The mean of ``m`` independent estimates (the score function at cost m)."""
+    return lambda theta, key: jax.vmap(grad, (None, 0))(theta, jax.random.split(key, m)).mean(0)
+
+
+def ratio_interval(u, v, z=1.96):
+    """mean(u) / mean(v) and its delta-method 95% interval, u and v paired per estimate."""
+    r = u.mean() / v.mean()
+    c = np.cov(u, v)
+    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / len(u)) / v.mean()
+    return r, r - z * se, r + z * se
+
+
+def categorical_rows(n, seed=3):
+    """The 10-way Categorical toy: variance, cost and ratios with 95% intervals."""
+    loss = categorical_toy
+    k = 4
+    variants = [  # (label, estimator, model cost evaluations, control-variate evaluations)
+        ("score function", scg.grad(loss), 1, 0),
+        (f"score function, mean of {k}", mean_of(scg.grad(loss), k), k, 0),
+        (f"score function, mean of {CATEGORIES}", mean_of(scg.grad(loss), CATEGORIES), 10, 0),
+        (
+            f"leave-one-out, {k} samples",
+            scg.baselines.leave_one_out(functools.partial(loss, name="x"), k),
+            k,
+            0,
+        ),
+        (
+            f"unordered set, k={k}",
+            scg.grad(functools.partial(loss, estimator=scg.estimators.unordered_set(k))),
+            k,
+            0,
+        ),
+        (
+            "IndeCateR",
+            scg.grad(functools.partial(loss, estimator=scg.estimators.indecater())),
+            CATEGORIES,
+            0,
+        ),
+        (
+            "REBAR η=1, λ=0.5 (costs at b and two relaxed points)",
+            scg.grad(functools.partial(loss, estimator=scg.estimators.rebar())),
+            1,
+            2,
+        ),
+        ("enumerate (exact sum)", scg.grad(functools.partial(loss, estimator="enumerate")), 10, 0),
+    ]
+    exact = np.asarray(categorical_exact(CAT_THETA), np.float64)
+    results = []
+    for label, fn, cost, cv in variants:
+        g, _ = estimate(fn, CAT_THETA, n, seed)
+        u = ((g - g.mean(0)) ** 2).mean(1) * n / (n - 1)  # per estimate: its share of the variance
+        se = g.std(0, ddof=1) / np.sqrt(n)
+        bias = np.max(np.abs(g.mean(0) - exact) / np.maximum(se, 1e-6 * (1 + np.abs(exact))))
+        results.append((label, cost, cv, float(bias), u))
+    summary = {label: (u.mean(), u.std(ddof=1) / np.sqrt(len(u))) for label, *_, u in results}
+    reference = results[0][4]
+    rows = []
+    for label, cost, cv, bias, u in results:
+        r = ratio_interval(u, reference)
+        equal = [cost * x for x in r]  # the score function averaged over `cost` estimates
+        rows.append(
+            [
+                f"{CATEGORIES}-way Categorical toy",
+                label,
+                str(cost),
+                str(cv),
+                f"{bias:.1f}",
+                f"{u.mean():.3g}",
+                f"{r[0]:.3g} [{r[1]:.3g}, {r[2]:.3g}]",
+                f"{equal[0]:.3g} [{equal[1]:.3g}, {equal[2]:.3g}]",
+            ]
+        )
+    header = [
+        "model",
+        "estimator",
+        "cost evaluations / estimate",
+        "control-variate evaluations",
+        "max |bias|/SE",
+        "variance",
+        "ratio to score function [95%]",
+        "ratio to score function at equal cost [95%]",
+    ]
+    return header, rows, summary
+
+
 PEERS_PYTHON = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), ".venv-peers", "bin", "python"
 )
 
 
-def storchastic_section(quick: bool) -> list:
+# jax_scg row and Storchastic row of the same estimator, at the same cost.
+SAME_ESTIMATOR = [
+    ("score function", "ScoreFunction (plain REINFORCE)"),
+    (
+        "leave-one-out, 4 samples",
+        "ScoreFunction, baseline_factory='batch_average', n_samples=4 (per 4-sample estimate)",
+    ),
+    ("unordered set, k=4", "UnorderedSetEstimator, k=4"),
+]
+
+
+def storchastic_section(quick: bool, jax_categorical=None) -> list:
     """Storchastic's rows, run in its own environment (``bash benchmarks/setup_peers.sh``)."""
     if not os.path.exists(PEERS_PYTHON):
         return [
@@ -203,7 +357,32 @@ def storchastic_section(quick: bool) -> list:
             for k in result.get("skipped", [])
         ),
     ]
+    jax_categorical = jax_categorical or {}
+    by_name = {(r["model"], r["estimator"]): r for r in result["rows"]}
+    for ours, theirs in SAME_ESTIMATOR:
+        peer = by_name.get((f"{CATEGORIES}-way Categorical toy", theirs))
+        if peer is None or ours not in jax_categorical or "variance_se" not in peer:
+            continue
+        (a, sa), (b, sb) = jax_categorical[ours], (peer["variance"], peer["variance_se"])
+        r = a / b
+        half = 1.96 * r * np.sqrt((sa / a) ** 2 + (sb / b) ** 2)  # independent runs
+        notes.append(
+            f"- {CATEGORIES}-way Categorical toy, same estimator and cost: jax_scg '{ours}' / "
+            f"Storchastic '{theirs}' variance ratio {r:.3g} [{r - half:.3g}, {r + half:.3g}] "
+            "(95%, delta method, independent runs)"
+        )
     return [*notes, "", markdown_table(header, rows)]
+
+
+def ablation_section(platform: str) -> list:
+    """The last ``sbn_ablation.py`` run's table (a separate script: it takes minutes)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    path = os.path.join(path, f"sbn_ablation_{platform}.md")
+    if not os.path.exists(path):
+        return ["Not run: `python benchmarks/sbn_ablation.py` writes it."]
+    with open(path) as f:
+        body = f.read().splitlines()[2:]
+    return ["From `python benchmarks/sbn_ablation.py` (its own date below):", "", *body]
 
 
 def main(argv=None):
@@ -245,6 +424,20 @@ def main(argv=None):
                 scg.grad(functools.partial(loss, estimator=learned)),
             )
         )
+        c, phi = relax_control(t)
+        variants.append(
+            (
+                "RELAX, untrained c_φ (relaxed cost + MLP of z)",
+                scg.grad(functools.partial(loss, estimator=scg.estimators.relax(c, phi))),
+            )
+        )
+        relax_learned = learn_relax_control(loss, t, theta, 20 if args.quick else 300)
+        variants.append(
+            (
+                "RELAX learned c_φ (relaxed cost + MLP of z)",
+                scg.grad(functools.partial(loss, estimator=relax_learned)),
+            )
+        )
         exact_grad = np.atleast_1d(np.asarray(jax.grad(exact)(theta)))
         rows += rows_for(f"REBAR toy t={t}", variants, exact_grad, theta, n, seed=1)
     theta = jnp.array([0.2, -0.5])
@@ -284,11 +477,28 @@ def main(argv=None):
         "",
         markdown_table(header, rows),
     ]
+    cat_header, cat_rows, cat_summary = categorical_rows(n)
+    lines += [
+        "",
+        f"## {CATEGORIES}-way Categorical toy",
+        "",
+        f"E[(x·w − t)²], x ~ OneHotCategorical(logits = linspace(−1, 1, {CATEGORIES})), "
+        f"w_i = i/{CATEGORIES - 1}, t = {CAT_TARGET}; exact gradient by enumeration. Cost: "
+        "evaluations of the cost function per estimate (control-variate evaluations apart; "
+        "REBAR's control variate is the cost at relaxed points). Variance: mean over "
+        "coordinates. Intervals: delta method on the per-estimate squared deviations, paired "
+        "with the score-function row (same keys); at equal cost the score function's variance "
+        "is divided by the row's cost (the mean of that many independent estimates).",
+        "",
+        markdown_table(cat_header, cat_rows),
+    ]
     # The sigmoid belief net on digits and the ELBO model, against NumPyro, in the same run.
     lines += ["", "## Sigmoid belief net on digits, and NumPyro", ""]
     lines += variance_peers.report(args.quick).splitlines()[2:]
-    lines += ["", "## Storchastic (PyTorch), the same REBAR toy and policy rollout", ""]
-    lines += storchastic_section(args.quick)
+    lines += ["", "## Sigmoid belief net: why NumPyro's variance is lower (ablation)", ""]
+    lines += ablation_section(device.platform)
+    lines += ["", "## Storchastic (PyTorch): the REBAR toy, the Categorical toy, the rollout", ""]
+    lines += storchastic_section(args.quick, cat_summary)
     text = "\n".join(lines)
     print(text)
     out = args.out or os.path.join(
