@@ -1,5 +1,6 @@
 """Smoke tests: the benchmarks run end to end at tiny sizes."""
 
+import math
 import os
 import subprocess
 import sys
@@ -54,3 +55,43 @@ def test_lola_memory_quick_runs(tmp_path):
     scg_arrays, hand_arrays = (int(n) for n in cells[4].split(" / "))
     assert scg_arrays > 0 and hand_arrays > 0  # the episodes' arrays were found at the peak
     assert all(float(x) > 0 for x in cells[1].split(" / "))
+
+
+def _table(text, header):
+    """The rows (lists of cells) of the markdown table whose header line starts ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_rewrite_time_quick_runs(tmp_path):
+    text = run_quick("rewrite_time.py", str(tmp_path / "r.md"))
+    rows = _table(text, "| program | size | equations |")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("lm_scan", "layers 1"), ("lm_unrolled", "tokens 2"), ("mlp", "layers 4"),
+        ("mlp", "layers 16"),
+    ]  # fmt: skip
+    eqns = [int(r[2]) for r in rows]
+    assert eqns[2] < eqns[3] and all(n > 50 for n in eqns)  # deeper MLP, more equations
+    for r in rows:
+        for cell in r[5:7]:
+            if cell != "= plain":
+                assert math.isfinite(float(cell.split()[0])) and float(cell.split()[0]) > 0
+    profile = _table(text, "| program | equations | trace program |")
+    assert len(profile) == 4 and all(c.endswith("%") for r in profile for c in r[2:])
+
+
+def test_compile_time_quick_runs(tmp_path):
+    text = run_quick("compile_time.py", str(tmp_path / "c.md"))
+    rows = _table(text, "| sites | scg compile ms |")
+    assert [r[0] for r in rows] == ["10", "25"]
+    for r in rows:
+        ratio = float(r[3].split()[0])
+        assert math.isfinite(ratio) and ratio > 0
+        scg_ops, hand_ops = (int(x) for x in r[4].split(" / "))
+        assert scg_ops == hand_ops  # the same compiled program size as hand-written DiCE

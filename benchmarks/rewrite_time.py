@@ -1,0 +1,497 @@
+"""Rewrite time on large programs: trace + rewrite + lowering of ``jit(scg.grad(f))``.
+
+Times ``jax.jit(scg.grad(f)).lower(theta, key)`` (tracing the program, jax_scg's analysis
+passes, tracing the surrogate's gradient, lowering to StableHLO; no XLA compilation) against
+the same for two baselines of the same program, built fresh every time (no tracing cache):
+
+* **plain**: ``jax.jit(jax.grad(f_plain)).lower(...)``, where ``f_plain`` is the program with
+  every ``scg.sample`` replaced by a plain draw: ``lax.stop_gradient(dist.sample(key))`` for a
+  discrete site (tokens), the reparameterised ``dist.sample(key)`` for a Normal one.
+* **DiCE**: ``jax.jit(jax.grad(f_dice)).lower(...)``, the hand-written DiCE surrogate of the
+  same program (the tokens' log-probabilities in a running sum, each cost multiplied by
+  ``magic_box`` of the log-probabilities before it). For the MLP (pathwise Normal sites) it
+  is the plain program.
+
+Three programs, at sizes from 10^2 to 10^5 equations (counted in the traced program, sub-
+programs included):
+
+1. ``lm_scan``: a small transformer language model (2 heads, width 32, vocabulary 16)
+   sampling 64 tokens in ``lax.scan``, a reward per token plus an entropy bonus; size grows
+   with the number of layers.
+2. ``lm_unrolled``: the same model, its sampling loop unrolled in Python; size grows with
+   the number of tokens.
+3. ``mlp``: a deep MLP (width 16) with a Normal site after every layer; size grows with depth.
+
+Ratios are medians of interleaved repeats measured in this run. A per-pass profile
+(``cProfile`` of one ``scg.grad`` lowering) splits jax_scg's time between its passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import datetime
+import os
+import platform
+import pstats
+import sys
+import time
+from collections.abc import Callable
+
+import harness
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jex_core
+
+import jax_scg as scg
+from jax_scg import distributions as D
+
+VOCAB, WIDTH, HEADS, TOKENS = 16, 32, 2, 64
+REWARD = np.linspace(-1.0, 1.0, VOCAB).astype(np.float32)
+ENTROPY_BONUS = 0.01
+MLP_WIDTH, MLP_NOISE = 16, 0.1
+SYSTEMS = ("scg", "plain", "dice")
+
+
+# ------------------------------------------------------------------------------------------
+# Programs. Each takes ``draw(key, logits_or_mean, kind)``: the site, or a baseline's draw.
+
+
+def lm_params(layers: int, tokens: int) -> dict:
+    keys = iter(jax.random.split(jax.random.key(0), 2 + 6 * layers))
+    init = lambda shape: 0.3 * jax.random.normal(next(keys), shape) / np.sqrt(shape[0])
+    blocks = [
+        {
+            n: init(s)
+            for n, s in [
+                ("q", (WIDTH, WIDTH)),
+                ("k", (WIDTH, WIDTH)),
+                ("v", (WIDTH, WIDTH)),
+                ("o", (WIDTH, WIDTH)),
+                ("up", (WIDTH, 4 * WIDTH)),
+                ("down", (4 * WIDTH, WIDTH)),
+            ]
+        }
+        for _ in range(layers)
+    ]
+    return {"embed": init((VOCAB, WIDTH)), "pos": init((tokens + 1, WIDTH)), "blocks": blocks}
+
+
+def _norm(x):
+    x = x - x.mean(-1, keepdims=True)
+    return x * lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-5)
+
+
+def lm_logits(params, buffer, t):
+    """Next-token logits at position ``t`` of the token buffer (causal attention)."""
+    n = buffer.shape[0]
+    x = params["embed"][buffer] + params["pos"]
+    causal = jnp.tril(jnp.ones((n, n), bool))
+    for block in params["blocks"]:
+        h = _norm(x)
+        q, k, v = (jnp.reshape(h @ block[w], (n, HEADS, -1)) for w in "qkv")
+        scores = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(WIDTH // HEADS)
+        attention = jax.nn.softmax(jnp.where(causal, scores, -1e9), axis=-1)
+        x = x + jnp.reshape(jnp.einsum("hqk,khd->qhd", attention, v), (n, WIDTH)) @ block["o"]
+        x = x + jax.nn.gelu(_norm(x) @ block["up"]) @ block["down"]
+    h = lax.dynamic_index_in_dim(_norm(x), t, keepdims=False)
+    return h @ params["embed"].T
+
+
+def _token_step(params, buffer, t, key, draw):
+    """One sampling step: the token at ``t + 1``, its cost, and its log-probability."""
+    logits = lm_logits(params, buffer, t)
+    token = draw(key, logits, "categorical")
+    log_p = jax.nn.log_softmax(logits)
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p)
+    buffer = lax.dynamic_update_index_in_dim(buffer, token, t + 1, 0)
+    return buffer, (jnp.asarray(REWARD)[token], -ENTROPY_BONUS * entropy), log_p[token]
+
+
+def _dice_cost(tau_before, tau, reward, bonus, dice: bool):
+    """The step's cost; hand-written DiCE boxes the reward with every token up to this one,
+    the entropy bonus (computed before this token is drawn) with the earlier ones."""
+    if not dice:
+        return reward + bonus
+    return scg.magic_box(tau) * reward + scg.magic_box(tau_before) * bonus
+
+
+def lm_scan(params, key, draw, dice: bool = False):
+    tokens = params["pos"].shape[0] - 1
+
+    def step(carry, xs):
+        buffer, tau = carry
+        buffer, (reward, bonus), lp = _token_step(params, buffer, xs[0], xs[1], draw)
+        return (buffer, tau + lp), _dice_cost(tau, tau + lp, reward, bonus, dice)
+
+    init = (jnp.zeros(tokens + 1, jnp.int32), jnp.zeros(()))
+    _, costs = lax.scan(step, init, (jnp.arange(tokens), jax.random.split(key, tokens)))
+    return costs.sum()
+
+
+def lm_unrolled(params, key, draw, dice: bool = False):
+    tokens = params["pos"].shape[0] - 1
+    keys = jax.random.split(key, tokens)
+    buffer, tau, total = jnp.zeros(tokens + 1, jnp.int32), jnp.zeros(()), jnp.zeros(())
+    for t in range(tokens):
+        buffer, (reward, bonus), lp = _token_step(params, buffer, t, keys[t], draw)
+        total = total + _dice_cost(tau, tau + lp, reward, bonus, dice)
+        tau = tau + lp
+    return total
+
+
+def mlp_params(depth: int) -> dict:
+    keys = jax.random.split(jax.random.key(1), depth)
+    return {
+        "w": [jax.random.normal(k, (MLP_WIDTH, MLP_WIDTH)) / np.sqrt(MLP_WIDTH) for k in keys],
+        "b": [jnp.zeros(MLP_WIDTH) for _ in keys],
+    }
+
+
+def mlp(params, key, draw, dice: bool = False):
+    del dice  # pathwise sites: the hand-written surrogate is the plain program
+    keys = jax.random.split(key, len(params["w"]))
+    x = jnp.linspace(-1.0, 1.0, MLP_WIDTH)
+    for w, b, k in zip(params["w"], params["b"], keys):
+        x = draw(k, jnp.tanh(x @ w + b), "normal")
+    return jnp.sum(jnp.square(x - 0.5))
+
+
+def _dist(param, kind):
+    return D.Categorical(logits=param) if kind == "categorical" else D.Normal(param, MLP_NOISE)
+
+
+def scg_draw(key, param, kind):
+    return scg.sample(key, _dist(param, kind))
+
+
+def plain_draw(key, param, kind):
+    x = _dist(param, kind).sample(key)
+    return lax.stop_gradient(x) if kind == "categorical" else x
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One benchmark program family: ``program(params, key, draw, dice)`` and its sizes."""
+
+    name: str
+    program: Callable
+    make_params: Callable[[int], dict]  # size -> parameters
+    size_label: str  # what the size counts
+
+
+PROGRAMS = {
+    "lm_scan": Program("lm_scan", lm_scan, lambda n: lm_params(n, TOKENS), "layers"),
+    "lm_unrolled": Program("lm_unrolled", lm_unrolled, lambda n: lm_params(2, n), "tokens"),
+    "mlp": Program("mlp", mlp, mlp_params, "layers"),
+}
+
+
+def fresh(program: Callable, system: str) -> Callable:
+    """A new, un-jitted gradient function of ``(params, key)`` for ``system``."""
+    if system == "scg":
+        return scg.grad(lambda params, key: program(params, key, scg_draw))
+    dice = system == "dice"
+    return jax.grad(lambda params, key: program(params, key, plain_draw, dice))
+
+
+def count_eqns(jaxpr) -> int:
+    """Equations of a jaxpr, those of its sub-programs (scan bodies, jit calls) included."""
+    return sum(
+        1 + sum(count_eqns(sub) for sub in jex_core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
+
+
+def program_eqns(program: Program, params) -> int:
+    """Equations of the program with plain draws (the program ``jax.grad`` traces)."""
+    fn = lambda p, k: program.program(p, k, plain_draw)
+    return count_eqns(jax.make_jaxpr(fn)(params, jax.random.key(0)).jaxpr)
+
+
+def lower_times(program: Program, params, systems, repeats: int) -> dict[str, np.ndarray]:
+    """Seconds of ``jax.jit(fresh fn).lower(params, key)`` per system, interleaved: in each
+    round every system runs once, the order rotating from round to round."""
+    key = jax.random.key(0)
+    times = {s: np.empty(repeats) for s in systems}
+    for r in range(repeats):
+        order = systems[r % len(systems) :] + systems[: r % len(systems)]
+        for system in order:
+            fn = jax.jit(fresh(program.program, system))
+            start = time.perf_counter()
+            fn.lower(params, key)
+            times[system][r] = time.perf_counter() - start
+    return times
+
+
+# ------------------------------------------------------------------------------------------
+# Per-pass profile
+
+
+def _passes() -> dict[str, tuple]:
+    """Pass name -> the functions whose cumulative time it is (file, first line, name)."""
+    import inspect
+
+    from jax_scg._src import discontinuities, interpreter, jaxpr, keys, primitive, surrogate
+
+    def where(fn):
+        code = inspect.unwrap(fn).__code__
+        return (code.co_filename, code.co_firstlineno, code.co_name)
+
+    return {
+        "trace program": (where(surrogate._trace),),
+        "of which sites": (where(primitive.sample),),
+        "of which scope+jumps": (
+            where(jaxpr.scope_from_jaxpr),
+            where(discontinuities.mark_discontinuous_sites),
+        ),
+        "keys": (where(keys.check_keys),),
+        "analysis": (
+            where(interpreter.Analysis.__init__),
+            where(interpreter.Analysis.mark_costs),
+            where(interpreter.Analysis.demand),
+        ),
+        "emit surrogate": (where(interpreter.Evaluation.__init__),),
+    }
+
+
+def pass_profile(program: Program, params) -> dict[str, float]:
+    """Cumulative seconds per pass in one profiled ``scg.grad`` lowering; ``total`` is the
+    profiled lowering, ``jax (autodiff + lowering)`` what no pass accounts for."""
+    fn = jax.jit(fresh(program.program, "scg"))
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    fn.lower(params, jax.random.key(0))
+    profile.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profile).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    out = {name: sum(stats[f][3] for f in fns if f in stats) for name, fns in _passes().items()}
+    top = ("trace program", "keys", "analysis", "emit surrogate")
+    out["jax (autodiff + lowering)"] = total - sum(out[n] for n in top)
+    out["total"] = total
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Main
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    program: str
+    size: int
+    eqns: int
+    times: dict  # system -> seconds per repeat
+    profile: dict
+
+    def median(self, system) -> float:
+        return float(np.median(self.times[system]))
+
+    def ratio(self, baseline) -> float:
+        return float(np.median(self.times["scg"] / self.times[baseline]))
+
+
+def systems_of(name: str) -> list[str]:
+    return ["scg", "plain"] if name == "mlp" else list(SYSTEMS)  # the MLP's DiCE is plain
+
+
+def run(sizes: dict, repeats: int) -> list[Point]:
+    points = []
+    for name, program_sizes in sizes.items():
+        program = PROGRAMS[name]
+        lower_times(program, program.make_params(program_sizes[0]), systems_of(name), 1)  # warm
+        for size in program_sizes:
+            params = program.make_params(size)
+            eqns = program_eqns(program, params)
+            times = lower_times(program, params, systems_of(name), repeats)
+            point = Point(name, size, eqns, times, pass_profile(program, params))
+            print(
+                f"  {name} {program.size_label}={size}: {eqns} eqns, "
+                f"scg {point.median('scg'):.2f} s,"
+                f" scg/plain {point.ratio('plain'):.2f}",
+                flush=True,
+            )
+            points.append(point)
+    return points
+
+
+def _ratio_cell(p: Point, baseline: str) -> str:
+    if baseline not in p.times:
+        return "= plain"
+    q25, q75 = np.percentile(p.times["scg"] / p.times[baseline], [25, 75])
+    return f"{p.ratio(baseline):.2f} [{q25:.2f}, {q75:.2f}]"
+
+
+def table_rows(points) -> list[list]:
+    return [
+        [
+            p.program,
+            f"{PROGRAMS[p.program].size_label} {p.size}",
+            p.eqns,
+            f"{p.median('scg') * 1e3:.0f}",
+            f"{p.median('plain') * 1e3:.0f}",
+            _ratio_cell(p, "plain"),
+            _ratio_cell(p, "dice"),
+        ]
+        for p in points
+    ]
+
+
+PROFILE_COLUMNS = (
+    "trace program",
+    "of which sites",
+    "of which scope+jumps",
+    "keys",
+    "analysis",
+    "emit surrogate",
+    "jax (autodiff + lowering)",
+)
+
+
+def profile_rows(points) -> list[list]:
+    return [
+        [p.program, p.eqns]
+        + [f"{100 * p.profile[c] / p.profile['total']:.0f}%" for c in PROFILE_COLUMNS]
+        for p in points
+    ]
+
+
+def slope_rows(points, low=1e3, high=1e5) -> list[list]:
+    rows = []
+    for name in dict.fromkeys(p.program for p in points):
+        fit = [p for p in points if p.program == name and low <= p.eqns <= high]
+        if len(fit) < 2:
+            rows.append([name, "n/a (fewer than 2 sizes in range)", "", "", ""])
+            continue
+        eqns = [p.eqns for p in fit]
+        slopes = [
+            harness.loglog_slope(eqns, [p.median(s) for p in fit])
+            for s in SYSTEMS
+            if s in fit[0].times
+        ]
+        cells = [f"{x:.2f}" for x in slopes] + (["= plain"] if len(slopes) == 2 else [])
+        rows.append([name, f"{min(eqns)}-{max(eqns)}", *cells])
+    return rows
+
+
+NOTES = """\
+`jax.jit(fn).lower(params, key)` of a freshly built gradient function (no tracing cache):
+tracing, jax_scg's passes, the gradient's trace and lowering to StableHLO; no XLA
+compilation. Baselines: **plain** is `jax.grad` of the program with each `scg.sample`
+replaced by a plain draw (`stop_gradient(dist.sample(key))` for the tokens, the
+reparameterised `dist.sample(key)` for the MLP's Normal sites); **DiCE** is `jax.grad` of the
+hand-written DiCE surrogate of the same program (for the MLP, whose sites are pathwise, it is
+the plain program). Equations: the plain program's jaxpr, sub-programs included. Ratios:
+median over rounds of scg / baseline in the same round (systems interleaved, order rotating),
+[interquartile range]. Profile: shares of one `cProfile`d `scg.grad` lowering (cumulative
+time of each pass's functions; cProfile inflates Python-heavy code, so read them as shares).
+"""
+
+
+def report_header(title: str, quick: bool, repeats: int) -> str:
+    return "\n".join(
+        [
+            f"# {title}" + (" (--quick smoke run)" if quick else ""),
+            "",
+            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- jax {jax.__version__}, device {jax.devices()[0].platform}, "
+            f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
+            "",
+        ]
+    )
+
+
+def write_report(path: str, parts) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    parser.add_argument("--out", default=None, help="markdown output file")
+    parser.add_argument("--plot", default=None, help="scaling plot (png)")
+    args = parser.parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = args.out or os.path.join(here, "results", f"rewrite_time_{harness.platform_name()}.md")
+    plot = args.plot or (
+        None if args.quick else os.path.join(here, "results", "rewrite_time_scaling.png")
+    )
+    if args.quick:
+        sizes, repeats = {"lm_scan": [1], "lm_unrolled": [2], "mlp": [4, 16]}, 1
+    else:
+        sizes = {"lm_scan": [1, 16, 48], "lm_unrolled": [4, 16, 48], "mlp": [4, 40, 400, 1600]}
+        repeats = 3
+    points = run(sizes, repeats)
+    text = [report_header("Rewrite time on large programs", args.quick, repeats), NOTES]
+    text.append(
+        harness.print_table(
+            [
+                "program",
+                "size",
+                "equations",
+                "scg ms",
+                "plain ms",
+                "scg / plain [IQR]",
+                "scg / DiCE [IQR]",
+            ],
+            table_rows(points),
+            title="Lowering time, jit(scg.grad(f)) vs jit(jax.grad(baseline))",
+        )
+    )
+    text.append(
+        harness.print_table(
+            ["program", "equations", *PROFILE_COLUMNS],
+            profile_rows(points),
+            title="Where scg.grad's lowering time goes (share of one profiled lowering)",
+        )
+    )
+    text.append(
+        harness.print_table(
+            ["program", "equations fitted", "slope scg", "slope plain", "slope DiCE"],
+            slope_rows(points),
+            title="Least-squares log-log slope of time vs equations, 10^3-10^5",
+        )
+    )
+    write_report(out, text)
+    if plot:
+        save_plot(points, plot)
+    return 0
+
+
+def save_plot(points, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(p.program for p in points):
+        ps = [p for p in points if p.program == name]
+        line = ax.loglog(
+            [p.eqns for p in ps], [p.median("scg") for p in ps], "o-", label=f"{name} scg"
+        )
+        ax.loglog(
+            [p.eqns for p in ps],
+            [p.median("plain") for p in ps],
+            "s--",
+            color=line[0].get_color(),
+            alpha=0.6,
+            label=f"{name} plain",
+        )
+    ax.set_xlabel("equations")
+    ax.set_ylabel("trace + rewrite + lowering [s]")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
