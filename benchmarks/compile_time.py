@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     parser.add_argument("--out", default=None, help="markdown output file")
-    parser.add_argument("--max-sites", type=int, default=400, help="largest size run")
+    parser.add_argument(
+        "--max-sites", type=int, default=100, help="largest size run (200, 400: ~4x per doubling)"
+    )
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"compile_time_{harness.platform_name()}.md")
