@@ -15,6 +15,7 @@ from jax_scg._src.graph import graph as graph
 from jax_scg._src.interpreter import magic_box as magic_box
 from jax_scg._src.monte_carlo import MonteCarloResult as MonteCarloResult
 from jax_scg._src.monte_carlo import monte_carlo as monte_carlo
+from jax_scg._src.primitive import causal as causal
 from jax_scg._src.primitive import sample as sample
 from jax_scg._src.primitive import sample_and_log_prob as sample_and_log_prob
 from jax_scg._src.surrogate import downstream_costs as downstream_costs
@@ -29,6 +30,7 @@ __all__ = [
     "FallbackWarning",
     "SiteError",
     "baselines",
+    "causal",
     "condition",
     "distributions",
     "downstream_costs",

@@ -4,6 +4,7 @@ See :mod:`jax_scg._src.distributions` for the distribution protocol, and
 :mod:`jax_scg._src.kl` for the closed-form KL divergences (``kl_divergence``, ``register_kl``).
 """
 
+from jax_scg._src.distributions import Autoregressive as Autoregressive
 from jax_scg._src.distributions import Bernoulli as Bernoulli
 from jax_scg._src.distributions import Beta as Beta
 from jax_scg._src.distributions import Categorical as Categorical
@@ -19,6 +20,7 @@ from jax_scg._src.kl import kl_divergence as kl_divergence
 from jax_scg._src.kl import register_kl as register_kl
 
 __all__ = [
+    "Autoregressive",
     "Bernoulli",
     "Beta",
     "Categorical",

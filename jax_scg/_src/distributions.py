@@ -42,11 +42,14 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.scipy.special import betaln, gammaln, xlog1py, xlogy
 
 Array = jax.Array
 
 __all__ = [
+    "Autoregressive",
     "Distribution",
     "Normal",
     "Bernoulli",
@@ -614,3 +617,98 @@ class Exponential(Distribution):
     def log_prob(self, value: Any) -> Array:
         x, rate = self._cast(value, self.rate)
         return jnp.where(x >= 0, jnp.log(rate) - rate * x, -jnp.inf)
+
+
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+class Autoregressive(Distribution):
+    """A sequence ``p(x) = Π_t p(x_t | x_<t)`` given by a sampler and a parallel scorer.
+
+    The form in which autoregressive models are fine-tuned with reinforcement learning:
+    ``sample_fn`` generates (a ``lax.scan`` with a KV cache, say) and is never
+    differentiated; ``log_prob_fn`` scores every position of a given sequence in one
+    parallel (teacher-forced) pass of the same model, and carries the score function's
+    derivatives. Nobody differentiates through the generation loop.
+
+    The site is *causal* (``causal = True``): position ``t``'s log-probability is
+    ``log p(x_t | x_<t)``, so a cost at position ``t`` takes the score of positions ``≤ t``
+    only (the box of ``Σ_{s≤t} log p(x_s | x_<s)``), and a cost of the whole sequence the
+    score of all of them. Costs computed elementwise from the tokens get this per-position
+    credit from the dataflow; costs computed through another pass of a model over the
+    sequence (a per-token KL penalty to a reference model) mix positions as far as the
+    dataflow can tell, and are declared causal with :func:`jax_scg.causal`.
+
+    Args:
+      params: the model's parameters, any pytree (an ``equinox.Module``, a dict of arrays):
+        its array leaves are the distribution's parameters (differentiated), its other
+        leaves static.
+      sample_fn: ``sample_fn(params, key) -> tokens`` of shape ``batch + (T,)``.
+      log_prob_fn: ``log_prob_fn(params, tokens) -> log-probabilities`` of the same shape:
+        ``log p(x_t | x_<t)`` at every position ``t`` (the last axis).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> def sample_fn(w, key):  # each token repeats the previous one with probability σ(w)
+      ...     def step(prev, k):
+      ...         x = jnp.where(jax.random.bernoulli(k, jax.nn.sigmoid(w)), prev, 1 - prev)
+      ...         return x, x
+      ...     return jax.lax.scan(step, 0, jax.random.split(key, 4))[1]
+      >>> def log_prob_fn(w, x):
+      ...     same = x == jnp.concatenate([jnp.zeros(1, x.dtype), x[:-1]])
+      ...     return jnp.where(same, jax.nn.log_sigmoid(w), jax.nn.log_sigmoid(-w))
+      >>> d = Autoregressive(jnp.asarray(2.0), sample_fn, log_prob_fn)
+      >>> x = d.sample(jax.random.key(0))
+      >>> x.shape, d.log_prob(x).shape, d.batch_shape
+      ((4,), (4,), (4,))
+    """
+
+    causal: ClassVar[bool] = True
+    _params = ("_arrays",)
+    _static = ("_structure", "sample_fn", "log_prob_fn")
+
+    def __init__(self, params: Any, sample_fn, log_prob_fn):
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        arrays = tuple(leaf for leaf in leaves if _is_array(leaf))
+        statics = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array(leaf))
+        self._set(
+            _arrays=arrays,
+            _structure=(treedef, statics),
+            sample_fn=sample_fn,
+            log_prob_fn=log_prob_fn,
+        )
+
+    @property
+    def params(self) -> Any:
+        """The model's parameters, as given."""
+        treedef, statics = self._structure
+        arrays = iter(self._arrays)
+        positions = dict(statics)
+        leaves = [
+            positions[i] if i in positions else next(arrays)
+            for i in range(len(statics) + len(self._arrays))
+        ]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    @property
+    def _dtype(self) -> Any:
+        return jnp.result_type(*self._arrays, float)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The shape of one sequence (batch axes, then positions)."""
+        shape = jax.eval_shape(self.sample_fn, self.params, jax.random.key(0)).shape
+        return tuple(shape)
+
+    def sample(self, key: Array) -> Array:
+        return lax.stop_gradient(self.sample_fn(self.params, key))
+
+    def log_prob(self, value: Any) -> Array:
+        return self.log_prob_fn(self.params, value)
+
+    def _repr_items(self) -> list[tuple[str, Any]]:
+        return [("sample_fn", self.sample_fn), ("log_prob_fn", self.log_prob_fn)]
+
+    def _check_items(self) -> list[tuple[str, Any]]:
+        return []

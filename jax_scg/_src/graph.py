@@ -39,6 +39,8 @@ class Node:
         name (the node then stands for one per iteration or branch); else None.
       credit: for vectorised score-function sites that reach a cost, how costs are credited:
         ``"per element"`` (each cost gets the score of the elements it depends on),
+        ``"per position (causal)"`` (the same for a causal sequence site, ``Autoregressive``:
+        a cost at position ``t`` gets the score of positions ``<= t``),
         ``"whole site"`` (some cost gets every element's score, because it mixes them), or
         ``"whole site (no rule for OP)"`` where an operation without a per-element rule
         forced it (a ``FallbackWarning``); else None.

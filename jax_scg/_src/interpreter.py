@@ -193,6 +193,7 @@ class Analysis:
         self.options = options
         self.depth = depth
         self.sites = {e.uid: e for e in scope.sites()} if sites is None else sites
+        self.has_causal_sites = any(e.params["site"].causal for e in self.sites.values())
         self.influence: dict = dict(zip(scope.inputs, input_influence))
         # variable -> {(site uid, operation)}: where a site's per-element credit was lost on
         # the way to the variable because an operation has no alignment rule (a warning).
@@ -230,6 +231,15 @@ class Analysis:
             self.influence.update(zip(eqn.outputs, outs))
             self.diff.update(zip(eqn.outputs, rule.differentiable(self, eqn)))
             self._track_fallbacks(eqn, rule, in_influence, outs)
+
+    def is_causal(self, atom) -> bool:
+        """Whether the site behind ``atom`` is causal along its last axis (``Autoregressive``)."""
+        if not self.has_causal_sites:
+            return False
+        if atom[0] not in ("site", "outer", alignment.MESH):
+            return False  # an atom of a loop or branch: causal sites are refused there
+        eqn = self.sites.get(site_uid(atom))
+        return eqn is not None and eqn.params["site"].causal
 
     def nested(self, scope: Scope, input_influence, input_fallbacks=None, input_diff=None):
         """The analysis of a body of one of this scope's equations."""
@@ -447,6 +457,21 @@ class Evaluation:
             self.lp_elems[atom] = sum_over_varying(self.elems(atom[1]), atom[2])
         return self.lp_elems[atom]
 
+    def aligned_elems(self, atom, axes):
+        """The log-probabilities that credit a cost aligned with the atom's site on ``axes``.
+
+        For a causal site (``Autoregressive``) whose positions (the last axis) the cost
+        keeps apart, position ``t`` stands for ``x_t`` and everything it was drawn given:
+        the cumulative sum ``Σ_{s<=t} log p(x_s | x_<s)``. Otherwise the site's own.
+        """
+        elems = self.elems(atom)
+        if not axes or axes[-1] is None or not self.analysis.is_causal(atom):
+            return elems
+        key = ("prefix", atom)
+        if key not in self.lp_elems:
+            self.lp_elems[key] = jnp.cumsum(elems, axis=-1)
+        return self.lp_elems[key]
+
     def total(self, atom):
         """The atom's log-probability summed over its elements."""
         if atom not in self._totals:
@@ -510,7 +535,7 @@ class Evaluation:
         if cache_key not in self._boxes:
             tau = self.tau(plain) if plain else 0.0
             for _, atom, axes in aligned:
-                tau = tau + alignment.log_prob_for_cost(self.elems(atom), axes, shape)
+                tau = tau + alignment.log_prob_for_cost(self.aligned_elems(atom, axes), axes, shape)
             box = magic_box(tau)
             if branches is not None:
                 box = box * branches.factor(branch_entries, shape)
@@ -698,6 +723,16 @@ class SampleRule(Rule):
                     "jax_scg supports only for sites outside loops, branches and checkpoints.",
                     "move the site out of the loop or branch, or use another estimator there "
                     '(e.g. "score_function" with a baseline).',
+                )
+            )
+        if site.causal and an.depth > 0:
+            raise SiteError(
+                site_message(
+                    site.label,
+                    "a causal sequence site (Autoregressive) runs its own generation loop and "
+                    "is supported outside loops, branches and checkpoints only.",
+                    "sample the sequence outside lax.scan/lax.cond/jax.checkpoint (its "
+                    "sample_fn may hold the loop), and pass the tokens in.",
                 )
             )
         if branching and an.depth > 0:
@@ -962,7 +997,41 @@ def _check_site_at_runtime(site, value, leaves):
 
 
 _DEFAULT = Rule()
-RULES: dict = {primitive.sample_p.name: SampleRule()}  # control_flow.py and loops.py add theirs
+
+
+class CausalRule(Rule):
+    """``scg.causal(values, sequence)``: each element of ``values`` takes, for the causal sites
+    whose value ``sequence`` is, the sequence's alignment (position ``t``: the score of
+    positions ``<= t``) instead of the whole sites it reached ``values`` with."""
+
+    def influence(self, an, eqn, in_influence):
+        values, sequence = in_influence
+        aligned = {e for e in sequence if e[0] == alignment.ELEM}
+        for entry in sorted(aligned, key=repr):
+            if not an.is_causal(entry[1]):
+                site = an.sites[site_uid(entry[1])].params["site"]
+                raise SiteError(
+                    site_message(
+                        site.label,
+                        "scg.causal(values, sequence) was given this site's value as the "
+                        "sequence, but the site is not causal: its elements are not "
+                        "conditionals p(x_t | x_<t) along the last axis.",
+                        "sample the sequence from jax_scg.distributions.Autoregressive, or "
+                        "drop scg.causal (elementwise costs keep per-element credit without it).",
+                    )
+                )
+        declared = {e[1] for e in aligned}
+        kept = {e for e in values if alignment.base(e) not in declared}
+        return [alignment.normalize(kept | aligned)]
+
+    def mark(self, an, eqn, tree_outputs):
+        return None  # a cost node: its box comes from the declared influence
+
+
+RULES: dict = {
+    primitive.sample_p.name: SampleRule(),
+    primitive.causal_p.name: CausalRule(),
+}  # control_flow.py and loops.py add theirs
 
 
 def rule_for(eqn: Eqn) -> Rule:
@@ -1001,8 +1070,12 @@ def site_credit(analysis: Analysis) -> dict:
                 plain = entry[0] != alignment.ELEM
                 plain_somewhere[uid] = plain_somewhere.get(uid, False) or plain
     fallbacks = analysis.credit_fallbacks()
+    finest = {
+        uid: "per position (causal)" if eqn.params["site"].causal else "per element"
+        for uid, eqn in analysis.sites.items()
+    }
     return {
-        uid: ("whole site" if plain else "per element", fallbacks.get(uid))
+        uid: ("whole site" if plain else finest[uid], fallbacks.get(uid))
         for uid, plain in plain_somewhere.items()
         if shapes.get(uid, ())
     }
@@ -1010,18 +1083,24 @@ def site_credit(analysis: Analysis) -> dict:
 
 def warn_credit_fallbacks(scope: Scope, analysis: Analysis):
     """One ``FallbackWarning`` per vectorised site whose credit an unknown operation coarsened."""
-    labels = {eqn.uid: eqn.params["site"].label for eqn in scope.sites()}
+    sites = {eqn.uid: eqn.params["site"] for eqn in scope.sites()}
     for uid, op in sorted(analysis.credit_fallbacks().items()):
+        causal = (
+            "for per-position costs of this causal sequence (a KL penalty from another pass "
+            "of a model over the tokens), declare them with scg.causal(costs, tokens); "
+            if sites[uid].causal
+            else ""
+        )
         warnings.warn(
             site_message(
-                labels[uid],
+                sites[uid].label,
                 f"per-element credit falls back to the whole site at `{op}`.\n  Why: jax_scg "
                 f"has no rule saying which elements of `{op}`'s output depend on which "
                 "elements of its inputs, so every cost downstream of it gets the score of "
                 "every element of this site. The estimate stays unbiased, with more variance.",
-                "write that step with elementwise operations, indexing or jax.vmap (which "
-                "keep per-element credit), or split the site into several sample calls. To "
-                "silence: warnings.filterwarnings('ignore', category=scg.FallbackWarning).",
+                f"{causal}write that step with elementwise operations, indexing or jax.vmap "
+                "(which keep per-element credit), or split the site into several sample calls. "
+                "To silence: warnings.filterwarnings('ignore', category=scg.FallbackWarning).",
             ),
             FallbackWarning,
             stacklevel=2,

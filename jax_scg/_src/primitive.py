@@ -57,6 +57,9 @@ class SiteInfo:
         its value jumps, when the per-cost split applies (``discontinuities.py``): the site
         stays pathwise, and the costs computed from those equations' outputs take its score
         function instead, with its value stopped in them. Empty: the whole site switches.
+      causal: whether the distribution is causal along the last axis of its log-probability
+        (``Autoregressive``): element ``t`` is ``log p(x_t | x_<t)``, so a cost aligned with
+        position ``t`` takes the score of positions ``<= t``.
     """
 
     treedef: Any
@@ -71,6 +74,7 @@ class SiteInfo:
     distribution: str = ""
     discontinuity: str = ""
     score_through: frozenset = frozenset()
+    causal: bool = False
 
     def planted(self, operands):
         """The value planted by ``scg.condition`` (the operand after the baseline), or None."""
@@ -370,6 +374,68 @@ ad.primitive_jvps[reverse_guard_p] = _reverse_guard_jvp
 ad.primitive_transposes[reverse_guard_p] = _reverse_guard_transpose
 
 
+# A declaration, an identity in value: ``values[..., t]`` depends on the sequence operand only
+# through its positions ``<= t`` (``scg.causal``). The interpreter gives it an influence rule.
+causal_p = Primitive("scg_causal")
+causal_p.def_impl(lambda values, sequence: values)
+causal_p.def_abstract_eval(lambda values, sequence: values)
+mlir.register_lowering(causal_p, mlir.lower_fun(lambda values, sequence: values, False))
+
+
+def _causal_jvp(primals, tangents):
+    return causal_p.bind(*primals), tangents[0]
+
+
+def _causal_batch(args, dims):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    front = [
+        jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+        for a, d in zip(args, dims)
+    ]
+    return causal_p.bind(*front), 0
+
+
+ad.primitive_jvps[causal_p] = _causal_jvp
+batching.primitive_batchers[causal_p] = _causal_batch
+
+
+def causal(values, sequence):
+    """Declares that ``values[..., t]`` depends on ``sequence`` only through its positions ``<= t``.
+
+    An identity in value. Under ``scg.grad`` it gives each element of ``values`` the score of
+    the sequence's positions up to its own (per-position causal credit) instead of the whole
+    sequence's, where the dataflow alone cannot tell: a per-token KL penalty or reward
+    computed by another pass of a causal (masked-attention) model over the sampled tokens.
+    The declaration is the user's claim, as a causal attention mask is: values at position
+    ``t`` that read later positions make the estimate biased.
+
+    Args:
+      values: an array of the sequence's shape, e.g. per-position costs.
+      sequence: the value of a causal site (``jax_scg.distributions.Autoregressive``),
+        as ``scg.sample`` returned it.
+
+    Returns:
+      ``values``, unchanged.
+
+    Raises:
+      ValueError: if the shapes differ. Under ``scg.grad``, ``SiteError`` if ``sequence`` is
+        not the value of a causal site.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> causal(jnp.array([0.5, 1.0]), jnp.array([3, 1]))
+      Array([0.5, 1. ], dtype=float32)
+    """
+    values, sequence = jnp.asarray(values), jnp.asarray(sequence)
+    if values.shape != sequence.shape:
+        raise ValueError(
+            f"jax_scg: scg.causal(values, sequence) needs values of the sequence's shape "
+            f"{sequence.shape} (one per position), got {values.shape}.\n  Fix: compute one "
+            "value per position, e.g. per-token costs before summing them."
+        )
+    return causal_p.bind(values, sequence)
+
+
 # --------------------------------------------------------------------------------------------
 # The public ``sample`` function.
 
@@ -581,6 +647,7 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
         baseline is not None,
         estimator_treedef=estimator_treedef,
         distribution=getattr(dist, "name", type(dist).__name__),
+        causal=bool(getattr(dist, "causal", False)),
     )
     drawn = DRAWN_WHILE_TRACING.get()
     if drawn is not None:
