@@ -87,3 +87,22 @@ def test_grad_and_downstream_costs_of_a_module():
         assert g.activation is None
         assert_same(g, scg.grad(loss)(mlp, key))
         np.testing.assert_allclose(costs["a"], scg.downstream_costs(loss)(mlp, key)["a"])
+
+
+def test_graph_of_a_module_argument():
+    g = scg.graph(loss)(make_mlp(), jax.random.key(0))
+    assert [n.label for n in g.inputs] == ["model"] and g.inputs[0].shape == (4,)
+    assert any("Categorical" in n.label or n.distribution == "Categorical" for n in g.sites)
+    assert "model" in {a for a, _ in g.edges}
+
+
+def test_leave_one_out_of_a_module_equals_partitioning_by_hand():
+    mlp = make_mlp()
+    key = jax.random.key(16120)
+    g = scg.baselines.leave_one_out(loss, 4)(mlp, key)
+    assert g.activation is None
+    params, static = eqx.partition(mlp, eqx.is_inexact_array)
+    by_hand = scg.baselines.leave_one_out(lambda p, k: loss(eqx.combine(p, static), k), 4)(
+        params, key
+    )
+    assert_same(g, by_hand)

@@ -24,6 +24,7 @@ EXPECTED = [
     "04_hard_attention.ipynb",
     "05_higher_order.ipynb",
     "06_lola_dice.ipynb",
+    "07_sequence_rl.ipynb",
 ]
 
 

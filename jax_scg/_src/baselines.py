@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_scg._src.surrogate import downstream_costs, surrogate
+from jax_scg._src.surrogate import _differentiate, downstream_costs, surrogate
 
 
 def _with_key(args, key_argnum, key):
@@ -83,7 +83,9 @@ def leave_one_out_surrogate(
 
 def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
     """A gradient estimator averaging ``num_samples`` copies with leave-one-out baselines:
-    ``jax.grad`` of ``leave_one_out_surrogate``.
+    ``jax.grad`` of ``leave_one_out_surrogate``. The differentiated arguments may be models
+    (an Equinox module), as for ``scg.grad``: ``None`` for their leaves that are not
+    floating-point arrays.
 
     Args:
       fn: the single-sample program ``fn(*args) -> scalar`` with named score sites.
@@ -102,7 +104,7 @@ def leave_one_out(fn, num_samples: int, *, argnums=0, key_argnum: int = 1):
       ()
     """
     loo = leave_one_out_surrogate(fn, num_samples, key_argnum=key_argnum)
-    return jax.grad(loo, argnums=argnums)
+    return _differentiate(loo, argnums, has_aux=False, with_value=False)
 
 
 class MovingAverageState(NamedTuple):

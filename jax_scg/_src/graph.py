@@ -360,9 +360,10 @@ def graph(fn, argnums=0):
     argnum_list = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def graph_fn(*args, **kwargs):
+        traced, flat_args = _over_array_leaves(functools.partial(fn, **kwargs), args)
         closed = primitive.tracing_for_sites(  # as surrogate does
             getattr(fn, "__name__", repr(fn)),
-            lambda: jax.make_jaxpr(functools.partial(fn, **kwargs))(*args),
+            lambda: jax.make_jaxpr(traced)(*flat_args),
         )
         scope = scope_from_jaxpr(closed.jaxpr, closed.consts)
         discontinuities.mark_discontinuous_sites(scope, warn=False)
@@ -370,7 +371,7 @@ def graph(fn, argnums=0):
         names = _argument_names(fn, len(args))
         input_nodes = []
         for i, arg in enumerate(args):
-            leaves = jax.tree_util.tree_leaves(arg)
+            leaves = _over_array_leaves(None, arg)[1]
             if i in argnum_list:
                 node_id = names[i]
                 shape = jnp.shape(leaves[0]) if len(leaves) == 1 else (len(leaves),)
@@ -383,11 +384,18 @@ def graph(fn, argnums=0):
         _add_costs(builder, scope, reach)
         with warnings.catch_warnings():  # the graph shows each site's credit itself
             warnings.simplefilter("ignore", FallbackWarning)
-            surrogate_text = str(jax.make_jaxpr(_surrogate(fn))(*args, **kwargs))
+            traced, _ = _over_array_leaves(functools.partial(_surrogate(fn), **kwargs), args)
+            surrogate_text = str(jax.make_jaxpr(traced)(*flat_args))
         nodes = sorted(builder.nodes.values(), key=_node_order)
         return Graph(tuple(nodes), tuple(sorted(builder.edges)), surrogate_text)
 
     return graph_fn
+
+
+def _over_array_leaves(fn, args):
+    from jax_scg._src.surrogate import over_array_leaves  # surrogate imports this module
+
+    return over_array_leaves(fn, args)
 
 
 def _node_order(node: Node):

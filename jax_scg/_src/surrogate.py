@@ -33,6 +33,20 @@ def _dynamic_leaves(args) -> list:
     return [leaf for leaf in jax.tree_util.tree_leaves(args) if _is_jax_value(leaf)]
 
 
+def over_array_leaves(fn, args):
+    """``fn`` as a function of the leaves of ``args`` that JAX traces (``_dynamic_leaves``),
+    and those leaves; the other leaves (a model's activation functions) are fixed."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    dynamic = [_is_jax_value(leaf) for leaf in leaves]
+
+    def over_arrays(*values):
+        it = iter(values)
+        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic)]
+        return fn(*jax.tree_util.tree_unflatten(tree, full))
+
+    return over_arrays, [leaf for leaf, d in zip(leaves, dynamic) if d]
+
+
 def _trace(fn, args, kwargs):
     """``fn``'s program over its positional arguments: ``(scope, output shape, flat args)``.
 
@@ -41,15 +55,7 @@ def _trace(fn, args, kwargs):
     positional arguments that are not arrays or numbers are fixed too (``_dynamic_leaves``).
     """
     traced = functools.partial(fn, **kwargs) if kwargs else fn
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    dynamic = [_is_jax_value(leaf) for leaf in leaves]
-
-    def over_dynamic(*values):
-        it = iter(values)
-        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic)]
-        return traced(*jax.tree_util.tree_unflatten(tree, full))
-
-    flat_args = [leaf for leaf, d in zip(leaves, dynamic) if d]
+    over_dynamic, flat_args = over_array_leaves(traced, args)
     closed, out_shape = primitive.tracing_for_sites(
         getattr(fn, "__name__", _function_name(fn)),
         lambda: jax.make_jaxpr(over_dynamic, return_shape=True)(*flat_args),
