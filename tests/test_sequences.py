@@ -325,3 +325,29 @@ def test_causal_is_an_identity_outside_scg_and_under_jax_transformations():
     np.testing.assert_array_equal(jax.grad(lambda v: scg.causal(v, x).sum() * 2)(v), 2 * np.ones(3))
     batched = jax.vmap(scg.causal, (0, None))(jnp.stack([v, 2 * v]), x)
     np.testing.assert_array_equal(batched, jnp.stack([v, 2 * v]))
+
+
+@pytest.mark.parametrize(
+    "bad_log_prob",
+    [
+        lambda p, x: log_prob_fn(p, x).sum(-1),  # summed over positions
+        lambda p, x: log_prob_fn(p, x)[..., 1:],  # one position short
+    ],
+)
+def test_log_prob_of_another_shape_than_the_tokens_is_refused_naming_the_site(bad_log_prob):
+    def wrong(params, key):
+        x = scg.sample(key, D.Autoregressive(params, sample_fn, bad_log_prob), name="tokens")
+        return x.sum() * 1.0
+
+    with pytest.raises(ValueError, match=r"(?s)tokens.*every\s+position"):
+        scg.grad(wrong)(PARAMS, jax.random.key(0))
+
+
+def test_causal_needs_the_tokens_themselves_as_the_sequence():
+    def wrong(params, key):
+        x = scg.sample(key, D.Autoregressive(params, sample_fn, log_prob_fn), name="tokens")
+        _, kl, _ = costs(params, x)
+        return scg.causal(kl, jnp.sort(x)).sum()  # sort mixes positions
+
+    with pytest.raises(scg.SiteError, match=r"(?s)tokens.*sampled tokens"):
+        scg.grad(wrong)(PARAMS, jax.random.key(0))

@@ -705,7 +705,14 @@ class Autoregressive(Distribution):
         return lax.stop_gradient(self.sample_fn(self.params, key))
 
     def log_prob(self, value: Any) -> Array:
-        return self.log_prob_fn(self.params, value)
+        log_probs = self.log_prob_fn(self.params, value)
+        if jnp.shape(log_probs) != jnp.shape(value):
+            raise ValueError(
+                f"Autoregressive: log_prob_fn returned shape {jnp.shape(log_probs)} for tokens "
+                f"of shape {jnp.shape(value)}; it must return log p(x_t | x_<t) at every "
+                "position, of the tokens' shape (do not sum over positions, keep the first)"
+            )
+        return log_probs
 
     def _repr_items(self) -> list[tuple[str, Any]]:
         return [("sample_fn", self.sample_fn), ("log_prob_fn", self.log_prob_fn)]

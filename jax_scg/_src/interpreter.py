@@ -1020,6 +1020,22 @@ class CausalRule(Rule):
                         "drop scg.causal (elementwise costs keep per-element credit without it).",
                     )
                 )
+        if not aligned:
+            raise SiteError(
+                site_message(
+                    ", ".join(
+                        sorted(
+                            an.sites[site_uid(alignment.base(e))].params["site"].label
+                            for e in sequence
+                        )
+                    )
+                    or "scg.causal",
+                    "scg.causal(values, sequence) needs the sampled tokens as the sequence "
+                    "(or a value computed from them elementwise); this sequence mixes "
+                    "positions or comes from no sample site, so the declaration cannot apply.",
+                    "pass the value scg.sample returned for the Autoregressive site.",
+                )
+            )
         declared = {e[1] for e in aligned}
         kept = {e for e in values if alignment.base(e) not in declared}
         return [alignment.normalize(kept | aligned)]

@@ -628,8 +628,9 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
             site_message(
                 label,
                 f"the distribution cannot draw or score a value: {err}",
-                "give parameters that broadcast together (e.g. loc and scale of shapes (3,) "
-                "and (3,) or ()), of float dtype.",
+                "fix what the message names; for the parametric distributions, give "
+                "parameters that broadcast together (e.g. loc and scale of shapes (3,) and "
+                "(3,) or ()), of float dtype.",
             )
         ) from None
     estimator_leaves, estimator_treedef = [], None
