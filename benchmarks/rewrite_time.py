@@ -426,7 +426,11 @@ def main(argv=None) -> int:
     if args.quick:
         sizes, repeats = {"lm_scan": [1], "lm_unrolled": [2], "mlp": [4, 16]}, 1
     else:
-        sizes = {"lm_scan": [1, 16, 48], "lm_unrolled": [4, 16, 48], "mlp": [4, 40, 400, 1600]}
+        sizes = {
+            "lm_scan": [1, 16, 48],
+            "lm_unrolled": [4, 16, 48],
+            "mlp": [4, 40, 400, 1600, 4400],
+        }
         repeats = 3
     points = run(sizes, repeats)
     text = [report_header("Rewrite time on large programs", args.quick, repeats), NOTES]

@@ -4,12 +4,12 @@ The pathwise derivative of E[f(x)] with x = g(θ, ε) is unbiased only where f i
 x: ``round(x)``, a step ``where(x > 0, 1., 0.)``, a comparison used as a number, an integer
 index computed from x jump, and their jumps carry derivative mass that the pathwise
 derivative cannot see. This module follows each pathwise site's value through the program
-with three kinds of marks:
+with three kinds of marks (the three sets of site ids of a ``Marks``):
 
-- ``("pw", site)``: a floating-point value that depends on the site differentiably;
-- ``("int", site)``: an integer or boolean value computed from it (a comparison, ``argmax``,
+- ``pw``: a floating-point value that depends on the site differentiably;
+- ``ints``: an integer or boolean value computed from it (a comparison, ``argmax``,
   a float-to-int conversion);
-- ``("jump", site)``: a value that jumps as the site's value varies: an integer turned back
+- ``jump``: a value that jumps as the site's value varies: an integer turned back
   into a number (``convert_element_type``, indexing a table that does not depend on the site,
   a ``select``/``cond`` whose branches do not), or ``round``/``floor``/``ceil``/``sign``/``rem``.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
@@ -32,7 +33,6 @@ from jax_scg._src import primitive
 from jax_scg._src.errors import FallbackWarning, site_message
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, scan_counts
 
-EMPTY: frozenset = frozenset()
 # Piecewise constant: zero derivative, jumps between the pieces.
 _STEPS = frozenset({"round", "floor", "ceil", "sign"})
 # Piecewise continuous with jumps and a nonzero derivative inside the pieces.
@@ -47,8 +47,43 @@ def _inexact(aval) -> bool:
     return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
-def _union(marks) -> frozenset:
-    return frozenset().union(*marks)
+class Marks(NamedTuple):
+    """The pathwise sites a value depends on, by kind (see the module's docstring).
+
+    Three sets of site ids, so that following a value through an operation is a few set
+    unions, whatever the number of sites behind it (a deep program with a site per layer).
+    """
+
+    pw: frozenset = frozenset()
+    ints: frozenset = frozenset()
+    jump: frozenset = frozenset()
+
+    def __or__(self, other: Marks) -> Marks:
+        return Marks(self.pw | other.pw, self.ints | other.ints, self.jump | other.jump)
+
+    def __bool__(self) -> bool:
+        return bool(self.pw or self.ints or self.jump)
+
+    def sites(self) -> frozenset:
+        return self.pw | self.ints | self.jump
+
+    def as_integer(self) -> Marks:
+        """The marks of an integer or boolean computed from this value."""
+        return Marks(ints=self.pw | self.ints, jump=self.jump) if self.pw else self
+
+
+EMPTY = Marks()
+
+
+def _union(marks) -> Marks:
+    nonempty = [m for m in marks if m]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else EMPTY
+    return Marks(
+        frozenset().union(*(m.pw for m in nonempty)),
+        frozenset().union(*(m.ints for m in nonempty)),
+        frozenset().union(*(m.jump for m in nonempty)),
+    )
 
 
 @dataclasses.dataclass
@@ -71,13 +106,15 @@ class _Walker:
         self.points: dict = {}  # site uid -> uids of the top-level equations where it jumps
         self.whole_site: set = set()  # site uids the per-cost split cannot serve
 
-    def jump(self, uid, eqn: Eqn):
-        self.origins.setdefault(uid, Jump(eqn.name, eqn.source))
+    def jump(self, uids, eqn: Eqn) -> frozenset:
+        """Records that ``eqn`` makes the cost jump in these sites' values; returns them."""
         top = self.top
-        self.points.setdefault(uid, set()).add(top.uid)
+        for uid in uids:
+            self.origins.setdefault(uid, Jump(eqn.name, eqn.source))
+            self.points.setdefault(uid, set()).add(top.uid)
         if top.subs and top.name not in _CALLS:  # a jump inside a loop or branch
-            self.whole_site.add(uid)
-        return ("jump", uid)
+            self.whole_site.update(uids)
+        return frozenset(uids)
 
     def walk(self, scope: Scope, in_marks) -> list:
         env = dict(zip(scope.inputs, in_marks))
@@ -118,67 +155,60 @@ class _Walker:
         sub-program with sites in it, nor a jumped value any sub-program."""
         marks = _union(ins)
         with_sites = any(sub.first_site_label() is not None for sub in eqn.subs)
-        for kind, uid in marks:
-            if with_sites or kind == "jump":
-                self.whole_site.add(uid)
+        self.whole_site.update(marks.sites() if with_sites else marks.jump)
 
-    def site(self, scope: Scope, eqn: Eqn, ins) -> frozenset:
+    def site(self, scope: Scope, eqn: Eqn, ins) -> Marks:
         site = eqn.params["site"]
         _, leaves, _ = site.split(list(ins))
         parents = _union(leaves)
         # A site whose parameters depend on a pathwise site's value: that site's costs
         # through this one would need its value stopped in this site's score too.
-        self.whole_site.update(uid for _, uid in _union(ins))
+        self.whole_site.update(_union(ins).sites())
         if scope is not self.root or site.has_baseline:
             self.whole_site.add(eqn.uid)
         estimator = site.resolved_estimator(scope.avals[eqn.outputs[0]].dtype)
         if estimator == primitive.SCORE_FUNCTION or not _inexact(scope.avals[eqn.outputs[0]]):
             # The value is drawn (not differentiated); its parameters' influence goes
             # through its score, which is differentiable. Jumps upstream stay jumps.
-            return frozenset(m for m in parents if m[0] == "jump")
-        kept = frozenset(m for m in parents if m[0] in ("pw", "jump"))
+            return Marks(jump=parents.jump)
+        kept = Marks(pw=parents.pw, jump=parents.jump)
         if estimator == primitive.PATHWISE and not site.has_value:
             self.sites[eqn.uid] = eqn
-            kept |= {("pw", eqn.uid)}
+            kept = kept._replace(pw=kept.pw | {eqn.uid})
         return kept
 
-    def opaque(self, scope: Scope, eqn: Eqn, marks: frozenset, out) -> frozenset:
+    def opaque(self, scope: Scope, eqn: Eqn, marks: Marks, out) -> Marks:
         if _inexact(scope.avals[out]):
-            return frozenset((k if k == "jump" else "pw", u) for k, u in marks)
-        return frozenset((k if k == "jump" else "int", u) for k, u in marks)
+            return Marks(pw=marks.pw | marks.ints, jump=marks.jump)
+        return marks.as_integer()
 
     def default(self, scope: Scope, eqn: Eqn, ins) -> list:
         marks = _union(ins)
         if not marks:
             return [EMPTY] * len(eqn.outputs)
+        step, jumpy = eqn.name in _STEPS, eqn.name in _JUMPY
+        if not (marks.ints or step or jumpy):  # the common case: a differentiable operation
+            return [marks if _inexact(scope.avals[o]) else marks.as_integer() for o in eqn.outputs]
         # Sites some floating-point input depends on differentiably: an integer computed
         # from the same site that picks among such values is assumed continuous.
-        continuous = {
-            u
-            for ref, m in zip(eqn.inputs, ins)
-            if _inexact(aval_of(ref, scope))
-            for k, u in m
-            if k == "pw"
-        }
+        continuous = frozenset().union(
+            *(m.pw for ref, m in zip(eqn.inputs, ins) if _inexact(aval_of(ref, scope)))
+        )
         outs = []
         for out in eqn.outputs:
             if not _inexact(scope.avals[out]):
-                outs.append(frozenset((k if k == "jump" else "int", u) for k, u in marks))
+                outs.append(marks.as_integer())
                 continue
-            result = set()
-            for kind, uid in marks:
-                if kind == "jump":
-                    result.add(("jump", uid))
-                elif kind == "pw":
-                    if eqn.name in _STEPS or eqn.name in _JUMPY:
-                        result.add(self.jump(uid, eqn))
-                    if eqn.name not in _STEPS:
-                        result.add(("pw", uid))
-                elif uid in continuous:
-                    result.add(("pw", uid))
-                else:  # an integer or boolean turned into a number
-                    result.add(self.jump(uid, eqn))
-            outs.append(frozenset(result))
+            pw, jump = marks.pw, marks.jump
+            if step or jumpy:
+                jump = jump | self.jump(marks.pw, eqn)
+            if step:
+                pw = frozenset()
+            # an integer or boolean turned into a number: continuous where it picks among
+            # values that depend on the same site differentiably, else a jump
+            pw = pw | (marks.ints & continuous)
+            jump = jump | self.jump(marks.ints - continuous, eqn)
+            outs.append(Marks(pw=pw, jump=jump))
         return outs
 
     def scan(self, eqn: Eqn, ins) -> list:
@@ -205,10 +235,9 @@ class _Walker:
             carry = grown
         (predicate,) = self.walk(cond, cond_consts + carry)
         # A trip count that depends on a site's value: the carries jump with it.
-        jumps = {self.jump(u, eqn) for k, u in predicate}
+        jumps = Marks(jump=self.jump(predicate.sites(), eqn))
         return [
-            c | (frozenset(jumps) if _inexact(scope.avals[o]) else EMPTY)
-            for c, o in zip(carry, eqn.outputs)
+            c | (jumps if _inexact(scope.avals[o]) else EMPTY) for c, o in zip(carry, eqn.outputs)
         ]
 
     def cond(self, scope: Scope, eqn: Eqn, ins) -> list:
@@ -218,16 +247,13 @@ class _Walker:
         for j, out in enumerate(eqn.outputs):
             merged = _union(b[j] for b in branch_outs)
             if not _inexact(scope.avals[out]):
-                outs.append(merged | {(k if k == "jump" else "int", u) for k, u in index})
+                outs.append(merged | index.as_integer())
                 continue
-            continuous = {u for k, u in merged if k == "pw"}
-            picked = {
-                ("jump", u) if k == "jump" or u not in continuous else ("pw", u) for k, u in index
-            }
-            for k, u in picked:
-                if k == "jump":
-                    self.jump(u, eqn)
-            outs.append(merged | picked)
+            # the index picks among branches: continuous where their values depend on the
+            # same site differentiably, else a jump
+            picked = index.pw | index.ints
+            jump = self.jump(index.jump | (picked - merged.pw), eqn)
+            outs.append(merged | Marks(pw=picked & merged.pw, jump=jump))
         return outs
 
 
@@ -238,8 +264,8 @@ def find_jumps(scope: Scope) -> dict:
     walker = _Walker(scope)
     (cost, *_) = walker.walk(scope, [EMPTY] * len(scope.inputs))
     found = {}
-    for kind, uid in cost:
-        if kind == "jump" and uid in walker.sites:
+    for uid in cost.jump:
+        if uid in walker.sites:
             split = uid not in walker.whole_site
             points = frozenset(walker.points[uid]) if split else frozenset()
             found[uid] = (walker.sites[uid], walker.origins[uid], points)

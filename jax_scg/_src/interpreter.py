@@ -914,9 +914,7 @@ def _log_prob_shape(an: Analysis, eqn: Eqn) -> tuple:
     """Shape of the site's elementwise log-probability (batch levels, then batch shape)."""
     site = eqn.params["site"]
     key, leaves = _site_operand_structs(an, eqn)
-    value = jax.eval_shape(lambda k, ls: primitive.draw(site, k, ls), key, leaves)
-    shape = jax.eval_shape(lambda v, ls: primitive.log_prob(site, v, ls), value, leaves).shape
-    return tuple(shape)
+    return tuple(primitive.abstract_log_prob(site, key, leaves).shape)
 
 
 def _baseline_term(ev, eqn, site, log_probs, baseline):

@@ -9,6 +9,7 @@ Control flow keeps its sub-programs in ``Eqn.subs``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, NamedTuple
 
@@ -188,8 +189,41 @@ def bind(eqn: Eqn, invals) -> list:
         return [vary_over(x, frozenset(eqn.params["axes"])) for x in invals]
     if not eqn.subs:
         invals = _same_varying_axes(invals)
+        wrapped = _cached_call(eqn.primitive, bind_params)
+        if wrapped is not None:
+            out = wrapped(*invals)
+            return list(out) if eqn.primitive.multiple_results else [out]
     out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _cached_call(primitive, params):
+    """The primitive with these parameters as a function under ``jax.jit(inline=True)``,
+    one per (primitive, parameters), or None where the parameters are unhashable.
+
+    Binding through a cached jitted function is what ``jax.numpy`` does: the jaxpr stays the
+    same (the call is inlined when traced), but ``jax.grad`` linearises each distinct
+    operation once and reuses it, where a bare ``bind`` builds a fresh linearisation per
+    equation. A deep program of repeated layers re-emits several times faster this way.
+    """
+    try:
+        key = (primitive, tuple(sorted(params.items())))
+        hash(key)
+    except TypeError:
+        return None
+    return _jitted_primitive(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _jitted_primitive(key):
+    primitive, items = key
+    params = dict(items)
+
+    def call(*args):
+        return primitive.bind(*args, **params)
+
+    call.__name__ = call.__qualname__ = primitive.name
+    return jax.jit(call, inline=True)
 
 
 def _varying_axes(aval) -> frozenset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any
@@ -144,6 +145,56 @@ def log_prob(site: SiteInfo, value, leaves):
     return _vectorize(single, _leaf_axes(site, with_key=False), leading_axes=(0,))(value, *leaves)
 
 
+def abstract_draw(site: SiteInfo, key, leaves) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of the site's draw, from its operands' shapes and dtypes only.
+
+    ``key`` and ``leaves`` may be arrays, tracers, abstract values or structs. Memoised on
+    what the draw depends on (the distribution's tree structure, the batch levels, the
+    operands' shapes and dtypes, JAX's dtype configuration), so the many sites of a deep
+    program trace their distribution's ``sample`` once between them, not once per pass.
+    """
+    return _abstract(_draw_struct, site, key, leaves)
+
+
+def abstract_log_prob(site: SiteInfo, key, leaves) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of the elementwise log-probability of a draw (memoised likewise)."""
+    return _abstract(_log_prob_struct, site, key, leaves)
+
+
+def _abstract(evaluate, site: SiteInfo, key, leaves):
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (key, *leaves))
+    config = (
+        jax.config.jax_enable_x64,
+        jax.config.jax_default_prng_impl,
+        jax.config.jax_numpy_rank_promotion,
+        jax.config.jax_numpy_dtype_promotion,
+    )
+    try:
+        return evaluate(site.treedef, site.batch_axes, structs, config)
+    except (TypeError, ValueError):
+        # Static fields that the memo's key cannot hash or compare (a NumPy array), or an
+        # error of the distribution itself, which the evaluation without the memo raises again.
+        return evaluate.__wrapped__(site.treedef, site.batch_axes, structs, None)
+
+
+# Bounded: a tree structure can hold the user's functions (an Autoregressive's sampler).
+@functools.lru_cache(maxsize=256)
+def _draw_struct(treedef, batch_axes, structs, config):
+    del config  # part of the cache key only
+    site = SiteInfo(treedef, "auto", False, None, "", batch_axes=batch_axes)
+    return jax.eval_shape(lambda k, ls: draw(site, k, ls), structs[0], list(structs[1:]))
+
+
+@functools.lru_cache(maxsize=256)
+def _log_prob_struct(treedef, batch_axes, structs, config):
+    site = SiteInfo(treedef, "auto", False, None, "", batch_axes=batch_axes)
+    if config is None:
+        value = _draw_struct.__wrapped__(treedef, batch_axes, structs, config)
+    else:
+        value = _draw_struct(treedef, batch_axes, structs, config)
+    return jax.eval_shape(lambda v, ls: log_prob(site, v, ls), value, list(structs[1:]))
+
+
 def relaxed_draw(site: SiteInfo, relaxation, key, leaves):
     """The relaxed value of a site whose estimator is a relaxation (see ``estimators.py``)."""
 
@@ -236,7 +287,7 @@ def draw_or_planted(site: SiteInfo, operands):
     value = site.planted(operands)
     if value is None:
         return draw(site, key, leaves)
-    shape = jax.eval_shape(lambda: draw(site, key, leaves))
+    shape = abstract_draw(site, key, leaves)
     return jnp.broadcast_to(jnp.asarray(value, shape.dtype), shape.shape)
 
 
@@ -254,10 +305,10 @@ def _check_pathwise_value(site: SiteInfo, dtype):
 
 def _sample_abstract_eval(*operands, site):
     _check_key_varies_with_parameters(site, *site.split(list(operands))[:2])
-    key, leaves, _ = site.split([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in operands])
+    key, leaves, _ = site.split(operands)
     # Typed invariant inside ``jax.shard_map`` (as jax_scg always has: a loop carrying draws
     # needs no cast); the rewrite draws with jax.random, whose values carry their true type.
-    out = jax.eval_shape(lambda k, ls: draw(site, k, ls), key, leaves)
+    out = abstract_draw(site, key, leaves)
     _check_pathwise_value(site, out.dtype)
     return jax.core.ShapedArray(out.shape, out.dtype, weak_type=getattr(out, "weak_type", False))
 
@@ -622,7 +673,7 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
             )
         ) from None
     try:
-        jax.eval_shape(lambda: dist.log_prob(dist.sample(key)))
+        abstract_log_prob(SiteInfo(treedef, "auto", False, name, label), key, leaves)
     except (ValueError, TypeError) as err:
         raise ValueError(
             site_message(
@@ -654,10 +705,10 @@ def sample(key, dist, *, estimator: str = "auto", baseline=None, name: str | Non
     if drawn is not None:
         drawn.append(label)
     if estimator == PATHWISE:  # eager calls skip abstract evaluation, so check here too
-        _check_pathwise_value(site, jax.eval_shape(lambda: draw(site, key, leaves)).dtype)
+        _check_pathwise_value(site, abstract_draw(site, key, leaves).dtype)
     operands = [key, *leaves]
     if baseline is not None:
-        operands.append(_check_baseline(site, dist, key, baseline))
+        operands.append(_check_baseline(site, key, leaves, baseline))
     planted = PLANTED.get()
     if planted is not None and name is not None and name in planted:
         operands.append(_check_planted(site, estimator, key, leaves, planted[name]))
@@ -729,7 +780,7 @@ def _check_planted(site: SiteInfo, estimator, key, leaves, value):
                 'plant values only at "score_function"/"pathwise"/"auto" sites.',
             )
         )
-    expected = jax.eval_shape(lambda: draw(site, key, leaves))
+    expected = abstract_draw(site, key, leaves)
     try:
         value = jnp.asarray(value)
     except TypeError:
@@ -747,7 +798,7 @@ def _check_planted(site: SiteInfo, estimator, key, leaves, value):
     return value.astype(expected.dtype)
 
 
-def _check_baseline(site: SiteInfo, dist, key, baseline):
+def _check_baseline(site: SiteInfo, key, leaves, baseline):
     fix = (
         "pass a float array computed before the site (a constant, a running average, a value "
         "function of the state) that broadcasts to the log-probability's shape."
@@ -760,7 +811,7 @@ def _check_baseline(site: SiteInfo, dist, key, baseline):
         ) from None
     if not jnp.issubdtype(baseline.dtype, jnp.inexact):
         baseline = baseline.astype(jnp.result_type(float))
-    lp_shape = jax.eval_shape(lambda: dist.log_prob(dist.sample(key))).shape
+    lp_shape = abstract_log_prob(site, key, leaves).shape
     try:
         ok = jnp.broadcast_shapes(baseline.shape, lp_shape) == tuple(lp_shape)
     except ValueError:
