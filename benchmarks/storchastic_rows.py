@@ -5,8 +5,12 @@ Run with the peers' virtual environment (``bash benchmarks/setup_peers.sh`` make
     benchmarks/.venv-peers/bin/python benchmarks/storchastic_rows.py [--quick]
 
 Models (as in ``variance.py``): the REBAR toy E[(b - t)²], b ~ Bernoulli(σ(θ)), θ = 0, for
-t = 0.45 and 0.499; and the 16-step policy rollout, θ = [0.2, -0.5], state' = 0.7·state + a,
-a ~ Bernoulli(σ(θ0 + θ1·state)), cost = Σ (a - 0.5·state)².
+t = 0.45 and 0.499; the 10-way Categorical toy; the 16-step policy rollout, θ = [0.2, -0.5],
+state' = 0.7·state + a, a ~ Bernoulli(σ(θ0 + θ1·state)), cost = Σ (a - 0.5·state)²; and, with
+``--sbn-inputs FILE`` (the npz of ``peer_models.torch_inputs``, which ``variance.py`` writes),
+the sigmoid belief net on 64 digits of ``torch_peers.storch_sbn`` with the methods of z1 and
+z2 as arguments (plain ScoreFunction, and the batch-average baseline with n_samples=2 or 4),
+and the moving-average baseline, drawn sequentially.
 
 How the one-sample estimates are drawn. Storchastic's ``storch.backward`` returns the gradient
 of the *plate-averaged* surrogate, so a plate of N samples on one θ gives only their mean. To
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import gc
 import json
 import os
 import re
@@ -57,6 +63,7 @@ T_VALUES = (0.45, 0.499)
 ROLLOUT_THETA = (0.2, -0.5)
 STEPS = 16
 ROLLOUT_MODEL = f"policy rollout, {STEPS} steps"
+MA_DECAY = 0.95  # MovingAverageBaseline's default exponential_decay
 
 
 def log(*args):
@@ -287,21 +294,101 @@ def rollout_sequential(methods, n, warmup, per_step_costs=True):
     return out, time.perf_counter() - start
 
 
+def sbn_batched(make_z1, make_z2, params, x, copies, mean_images=False):
+    """``copies`` independent ELBO-gradient estimates of the sigmoid belief net, one backward.
+
+    The model of ``torch_peers.storch_sbn`` (images an independent plate of weight 1, the five
+    log-density terms five cost nodes, log q at detached parameters), with the Storchastic
+    methods of z1 and z2 as arguments; with plain ``ScoreFunction`` for both it gives the
+    same numbers from the same random stream (checked in ``main``). A method with
+    ``n_samples=k`` adds a sample plate of k under its parents' plates, averaged in the
+    estimate: k samples of z1 and one z2 per z1 are k evaluations of the ELBO's integrand
+    per estimate; k of each, k² (z2's plate nests in z1's).
+
+    ``mean_images=True`` gives the images plate Storchastic's default weight 1/64 (a mean, as
+    in its examples) and multiplies the gradient by 64: the same estimate for stateless
+    methods (checked in ``main``), but ``storch.reduce_plates`` inside the moving-average
+    baseline then averages the cost over images instead of summing it.
+    """
+    import torch_peers as tp  # same environment; imported here (it imports this module)
+
+    if copies is None:  # one estimate, no plate of copies (a plate of size 1 breaks)
+        leaves = {k: params[k].clone().requires_grad_(True) for k in tp.SBN_NAMES}
+        p = leaves
+    else:
+        leaves = {k: tp.copies_of(params[k], copies) for k in tp.SBN_NAMES}
+        p = {k: tp.plate(v, 0, "batch") for k, v in leaves.items()}
+    if mean_images:
+        images = storch.denote_independent(x, 0, "images")
+    else:
+        images = tp.plate(x, 0, "images")
+    q1 = tp.bernoulli(tp.affine(images, p["V1"], p["c1"]))
+    z1 = make_z1("z1")(q1)
+    q2 = tp.bernoulli(tp.affine(z1, p["V2"], p["c2"]))
+    z2 = make_z2("z2")(q2)
+    neg_terms = {
+        "neg_log_p_z2": -tp.bernoulli(torch.zeros(params["c2"].shape)).log_prob(z2),
+        "neg_log_p_z1": -tp.bernoulli(tp.affine(z2, p["W2"], p["b2"])).log_prob(z1),
+        "neg_log_p_x": -tp.bernoulli(tp.affine(z1, p["W1"], p["b1"])).log_prob(images),
+        "log_q_z1": tp.bernoulli(q1.logits.detach()).log_prob(z1),
+        "log_q_z2": tp.bernoulli(q2.logits.detach()).log_prob(z2),
+    }
+    for name, term in neg_terms.items():
+        storch.add_cost(term.sum(-1), name)
+    scale = float(len(x)) if mean_images else 1.0
+    if copies is not None:
+        return tp.storch_backward([leaves[k] for k in tp.SBN_NAMES], -scale)
+    try:
+        storch.backward(update_estimator_params=False)
+    finally:
+        reset_storch()
+    grads = torch.cat([leaves[k].grad.reshape(1, -1) for k in tp.SBN_NAMES], 1)
+    return (-scale * grads).double().numpy()
+
+
+def sbn_sequential(z1, z2, params, x, n, warmup, mean_images=True):
+    """``n`` estimates from ``n`` sequential backward calls (one copy of θ each) after
+    ``warmup`` calls, with the same method objects ``z1`` and ``z2`` throughout, so that a
+    stateful baseline (the moving average) carries over from call to call, as in training."""
+    out = []
+    for i in range(warmup + n):
+        if i == warmup:
+            start = time.perf_counter()
+        g = sbn_batched(lambda _: z1, lambda _: z2, params, x, None, mean_images)
+        if i >= warmup:
+            out.append(g[0])
+    return np.stack(out), time.perf_counter() - start
+
+
+def sbn_inputs(path):
+    """(images, parameters by name) from the npz of ``peer_models.torch_inputs``."""
+    import torch_peers as tp
+
+    inputs = tp.Inputs(dict(np.load(path)))
+    return inputs.tensor("sbn_x"), tp.unflatten(inputs.tensor("sbn_theta"), inputs.sbn_shapes())
+
+
+def sbn_draws(make_z1, make_z2, params, x, copies, calls):
+    """``calls`` backward passes of ``copies`` estimates each, stacked."""
+    return np.concatenate([sbn_batched(make_z1, make_z2, params, x, copies) for _ in range(calls)])
+
+
 # --------------------------------------------------------------------------- rows
 
 
 def make_row(model, estimator, g, seconds, exact, n_estimates, note=None, patch=None):
     mean = g.mean(0)
     se = g.std(0, ddof=1) / np.sqrt(len(g))
-    floor = 1e-6 * (1.0 + np.abs(exact))
-    row = {
-        "model": model,
-        "estimator": estimator,
-        "mean": [round(float(m), 6) for m in mean],
-        "exact": [round(float(e), 6) for e in exact],
-        "max_abs_bias_over_se": round(
+    row = {"model": model, "estimator": estimator, "mean": [round(float(m), 6) for m in mean]}
+    if exact is None:  # no exact gradient (the SBN): keep the SEs, to compare means elsewhere
+        row["se"] = [float(e) for e in se]
+    else:
+        floor = 1e-6 * (1.0 + np.abs(exact))
+        row["exact"] = [round(float(e), 6) for e in exact]
+        row["max_abs_bias_over_se"] = round(
             float(np.max(np.abs(mean - exact) / np.maximum(se, floor))), 2
-        ),
+        )
+    row |= {
         "variance": float(g.var(0, ddof=1).mean()),
         # SE of that variance: per estimate, its mean squared deviation over coordinates.
         "variance_se": float(((g - mean) ** 2).mean(1).std(ddof=1) / np.sqrt(len(g))),
@@ -315,12 +402,26 @@ def make_row(model, estimator, g, seconds, exact, n_estimates, note=None, patch=
     return row
 
 
-def attempt(rows, failures, model, estimator, fn, exact, note=None, patch=None, seed=0, warm=None):
+def attempt(
+    rows,
+    failures,
+    model,
+    estimator,
+    fn,
+    exact,
+    note=None,
+    patch=None,
+    seed=0,
+    warm=None,
+    fields=None,
+):
     """Run fn (-> estimates, or (estimates, seconds) when it times itself) and record a row.
 
     warm: an untimed small run of the same method first (first-call overheads).
+    fields: more entries for the row (e.g. its cost evaluations per estimate).
     """
     reset_storch()
+    gc.collect()  # REBAR/RELAX graphs (create_graph=True) sit in reference cycles: free them
     log(f"  {model} | {estimator} ...")
     try:
         if warm is not None:
@@ -358,10 +459,12 @@ def attempt(rows, failures, model, estimator, fn, exact, note=None, patch=None, 
         return None
     reset_storch()
     row = make_row(model, estimator, g, seconds, exact, len(g), note, patch)
+    row.update(fields or {})
     rows.append(row)
+    shown = f"mean {row['mean']} exact {row['exact']} " if "exact" in row else ""
     log(
-        f"    mean {row['mean']} exact {row['exact']} var {row['variance']:.4g} "
-        f"bias/SE {row['max_abs_bias_over_se']} ({seconds:.2f} s)"
+        f"    {shown}var {row['variance']:.4g} "
+        f"bias/SE {row.get('max_abs_bias_over_se', '-')} ({seconds:.2f} s)"
     )
     return row
 
@@ -384,6 +487,11 @@ def jax_scg_reference(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny N (runs in well under a minute)")
+    parser.add_argument(
+        "--sbn-inputs",
+        default=None,
+        help="npz of peer_models.torch_inputs: adds the sigmoid belief net rows",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         n_toy, n_roll, n_seq_toy, n_seq_roll, warm_toy, warm_roll = 2_000, 500, 100, 20, 20, 5
@@ -482,7 +590,9 @@ def main(argv=None):
 
     cat_exact = categorical_exact()
 
-    def cat(name, make, cost, n=n_toy, note="", **kw):
+    def cat(name, make, cost, cv=0, n=n_toy, note="", **kw):
+        """cost: cost-function evaluations per estimate; cv: control-variate evaluations."""
+        what = f"{cost}" + (f" + {cv} control-variate evaluations" if cv else "")
         attempt(
             rows,
             failures,
@@ -492,43 +602,42 @@ def main(argv=None):
             cat_exact,
             seed=3,
             warm=lambda: categorical_batched(make, 64),
-            note=f"cost evaluations per estimate: {cost}{note}",
+            note=f"cost evaluations per estimate: {what}{note}",
+            fields={"cost": cost, "cv": cv},
             **kw,
         )
 
-    cat("ScoreFunction (plain REINFORCE)", lambda p: M.ScoreFunction(p), "1")
+    cat("ScoreFunction (plain REINFORCE)", lambda p: M.ScoreFunction(p), 1)
     cat(
         "ScoreFunction, baseline_factory='batch_average', n_samples=4 (per 4-sample estimate)",
         lambda p: M.ScoreFunction(p, n_samples=4, baseline_factory="batch_average"),
-        "4",
+        4,
     )
     # Its leave-one-out ratios integrate numerically (1000 trapezoid points per estimate):
     # about 0.6 GB per 1000 estimates, so fewer estimates.
     cat(
         "UnorderedSetEstimator, k=4",
         lambda p: M.UnorderedSetEstimator(p, k=4),
-        "4",
+        4,
         n=n_toy // 10,
         note=f"; {n_toy // 10} estimates (memory of its numerical integration)",
     )
     cat(
         "ScoreFunctionWOR, k=4, unbiased",
         lambda p: M.ScoreFunctionWOR(p, k=4, biased=False),
-        "4",
+        4,
     )
-    cat("Expect (exact enumeration)", lambda p: M.Expect(p), f"{CATEGORIES}")
-    cat("REBAR τ=1, η=1 (untrained)", lambda p: M.REBAR(p), "1 + 2 relaxed (control variate)")
-    for name, make, cost in [
-        ("REBAR τ=1, η=1 (untrained)", lambda p: M.REBAR(p), "1 + 2 relaxed (control variate)"),
+    cat("Expect (exact enumeration)", lambda p: M.Expect(p), CATEGORIES)
+    for name, make in [
+        ("REBAR τ=1, η=1 (untrained; control variate: the cost at 2 relaxed points)", M.REBAR),
         (
             f"RELAX, untrained c_phi MLP (in_dim={CATEGORIES})",
             lambda p: M.RELAX(p, in_dim=CATEGORIES),
-            "1 + 2 control-variate MLP evaluations",
         ),
     ]:
-        cat(name + " [as shipped]", make, cost)
+        cat(name + " [as shipped]", make, 1, 2, n=64)
         with patched(sum_shim=True):
-            cat(name, make, cost, patch=SUM_SHIM)
+            cat(name, make, 1, 2, patch=SUM_SHIM)
 
     exact = rollout_exact()
     model = ROLLOUT_MODEL
@@ -585,6 +694,125 @@ def main(argv=None):
             patch=SUM_SHIM + "; " + COND_FIX,
         )
 
+    sbn_check = None
+    if args.sbn_inputs:
+        x, params = sbn_inputs(args.sbn_inputs)
+        sbn_model = f"sigmoid belief net, {len(x)} digits"
+        plain = lambda p: M.ScoreFunction(p)  # noqa: E731
+
+        def batch_average(k):
+            return lambda p: M.ScoreFunction(p, n_samples=k, baseline_factory="batch_average")
+
+        # The model here is torch_peers.storch_sbn's: same numbers from the same stream.
+        import torch_peers
+
+        reset_storch()
+        torch.manual_seed(0)
+        ours = sbn_batched(plain, plain, params, x, 16)
+        torch.manual_seed(0)
+        theirs = torch_peers.storch_sbn(params, x, 16)
+        reset_storch()
+        torch.manual_seed(0)
+        mean_images = sbn_batched(plain, plain, params, x, 16, mean_images=True)
+        sbn_check = {
+            "max_abs_difference_to_torch_peers_storch_sbn": float(np.abs(ours - theirs).max()),
+            "max_abs_estimate": float(np.abs(theirs).max()),
+            # The images plate as a mean, the gradient × 64: the same estimates.
+            "max_abs_difference_mean_images_plate": float(np.abs(mean_images - theirs).max()),
+        }
+        log(f"  {sbn_model}: key-by-key check against torch_peers.storch_sbn: {sbn_check}")
+        calls = 2 if args.quick else 10
+        for name, m1, m2, cost, copies in [
+            ("ScoreFunction (plain REINFORCE)", plain, plain, 1, 50 if args.quick else 200),
+            (
+                "ScoreFunction, batch_average, n_samples=2 for z1 and for z2 (2×2 joint samples)",
+                batch_average(2),
+                batch_average(2),
+                4,
+                50 if args.quick else 200,
+            ),
+            (
+                "ScoreFunction, batch_average, n_samples=4 for z1; one z2 per z1, no baseline",
+                batch_average(4),
+                plain,
+                4,
+                50 if args.quick else 200,
+            ),
+            (
+                "ScoreFunction, batch_average, n_samples=4 for z1 and for z2 (4×4 joint samples)",
+                batch_average(4),
+                batch_average(4),
+                16,
+                50 if args.quick else 200,
+            ),
+        ]:
+            attempt(
+                rows,
+                failures,
+                sbn_model,
+                name,
+                lambda m1=m1, m2=m2, c=copies: sbn_draws(m1, m2, params, x, c, calls),
+                None,
+                seed=4,
+                warm=lambda m1=m1, m2=m2: sbn_batched(m1, m2, params, x, 8),
+                note=f"cost evaluations per estimate: {cost}; {calls} backward calls of "
+                f"{copies} copies of θ",
+                fields={"cost": cost, "cv": 0},
+            )
+        # The moving-average baseline: Storchastic's MovingAverageBaseline keeps one scalar
+        # per (site, cost node), updated with storch.reduce_plates(cost) of the current call
+        # *before* it is used, so the current draws enter their own baseline. Sequential
+        # calls with the same method objects, as in training.
+        images = len(x)
+        for label, mean_images, n_ma, warm_ma, share in [
+            (
+                f"ScoreFunction, baseline_factory='moving_average' (decay {MA_DECAY}), images "
+                f"plate a mean (weight 1/{images}; gradient × {images})",
+                True,
+                20 if args.quick else 2_000,
+                10 if args.quick else 500,
+                f"(1 − {MA_DECAY}) / {images}",
+            ),
+            (
+                f"ScoreFunction, baseline_factory='moving_average' (decay {MA_DECAY}), images "
+                "plate summed (weight 1, as the rows above)",
+                False,
+                10 if args.quick else 300,
+                5 if args.quick else 100,
+                f"1 − {MA_DECAY}",
+            ),
+        ]:
+            z1 = M.ScoreFunction(
+                "z1", baseline_factory="moving_average", exponential_decay=MA_DECAY
+            )
+            z2 = M.ScoreFunction(
+                "z2", baseline_factory="moving_average", exponential_decay=MA_DECAY
+            )
+            attempt(
+                rows,
+                failures,
+                sbn_model,
+                label,
+                lambda z1=z1, z2=z2, m=mean_images, k=n_ma, w=warm_ma: sbn_sequential(
+                    z1, z2, params, x, k, w, m
+                ),
+                None,
+                seed=5,
+                note=f"cost evaluations per estimate: 1; {n_ma} sequential backward calls after "
+                f"{warm_ma} warm-up calls, one copy of θ each; one average per (site, cost "
+                "node) of the cost reduced over all plates (the images: "
+                + ("a mean" if mean_images else "a sum")
+                + ")",
+                fields={
+                    "cost": 1,
+                    "cv": 0,
+                    "warmup": warm_ma,
+                    "biased": "the average is updated with the current call's cost before it "
+                    f"is used, so each image's score multiplies its own cost × (1 − {share}) "
+                    "in expectation",
+                },
+            )
+
     skipped = [
         {
             "model": model,
@@ -607,8 +835,9 @@ def main(argv=None):
     )
     checks = []
     for row in rows:
-        if row["estimator"].startswith("ScoreFunction (plain") or row["estimator"].startswith(
-            "ScoreFunction, one cost node per reward"
+        if "exact" in row and (
+            row["estimator"].startswith("ScoreFunction (plain")
+            or row["estimator"].startswith("ScoreFunction, one cost node per reward")
         ):
             check = {
                 "model": row["model"],
@@ -624,6 +853,7 @@ def main(argv=None):
             checks.append(check)
 
     result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "storchastic": version("storchastic"),
         "torch": torch.__version__,
         "pyro-ppl": version("pyro-ppl"),
@@ -633,10 +863,13 @@ def main(argv=None):
         "variance": "mean over coordinates of the per-coordinate variance (ddof=1) of one estimate",
         "seconds_per_estimate": "wall time of the whole run that drew the row's estimates "
         "(graph construction + storch.backward, CPU, one try) / n",
-        "exact": "REBAR toy: 0.25 (1 - 2t) at θ = 0; rollout: enumeration of all 2^16 paths",
+        "exact": "REBAR toy: 0.25 (1 - 2t) at θ = 0; Categorical toy: enumeration of the 10 "
+        "categories; rollout: enumeration of all 2^16 paths; SBN: none (rows keep per-coordinate "
+        "SEs instead)",
         "rows": rows,
         "failures": failures,
         "skipped": skipped,
+        "sbn_check": sbn_check,
         "checks": checks,
         "total_seconds": round(time.perf_counter() - total_start, 1),
     }

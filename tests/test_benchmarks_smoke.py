@@ -111,3 +111,23 @@ def test_rewrite_time_baselines_match_scg_grad():
         want = jax.jit(rt.fresh(program, "dice"))(params, key)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_sbn_profile_quick_runs(tmp_path):
+    """One JAX worker (no torch): timing, a classified profile and the HLO table."""
+    out = str(tmp_path / "s.md")
+    argv = ["--quick", "--no-torch", "--parts", "speed,profile,hlo", "--out", out]
+    script = os.path.join(ROOT, "benchmarks", "sbn_profile.py")
+    proc = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(out) as f:
+        text = f.read()
+    assert _table(text, "| system | compared |") == [
+        ["hand-written JAX, vmap(grad)", "per key", "0"]
+    ]
+    speed = _table(text, "| system | est/s P=16 |")
+    assert float(speed[0][1].replace(",", "")) > 0
+    profile = dict((r[0], r[1]) for r in _table(text, "| µs per estimate, 1 core |"))
+    assert float(profile["matmul"]) > 0 and float(profile["random bits + sampling"]) > 0
+    hlo = _table(text, "| system (P=16) | HLO ops |")
+    assert int(hlo[0][1]) > 100 and int(hlo[0][3]) == 3  # vmap(grad): 3 batched dots
