@@ -253,6 +253,11 @@ class Analysis:
             self.sites,
         )
 
+    @functools.cached_property
+    def producers(self) -> dict:
+        """``{variable: the equation that computes it}`` in this scope."""
+        return {o: e for e in self.scope.eqns for o in e.outputs}
+
     def of(self, ref) -> frozenset:
         return EMPTY if isinstance(ref, Const) else self.influence[ref]
 
@@ -663,10 +668,28 @@ class Rule:
         linear = ev.analysis.passthrough.get(eqn.uid) if ev.costs else None
         if linear is not None:
             s_in = [
-                ev.surrogate(r) if i in linear else v
+                ev.surrogate(r) if i in linear else _coefficient(ev, eqn, r, v)
                 for i, (r, v) in enumerate(zip(eqn.inputs, invals))
             ]
             ev.surrogates.update(zip(eqn.outputs, bind(eqn, s_in)))
+
+
+def _coefficient(ev: Evaluation, eqn: Eqn, ref, value):
+    """The value of a linear operation's coefficient ``ref`` for its surrogate's copy.
+
+    A matrix product's transposed coefficient (``z @ w.T``) is transposed again for the
+    surrogate's product instead of shared: with one transpose feeding both products,
+    ``jax.grad`` adds the two cotangents in the transposed layout and transposes the sum,
+    which XLA's CPU backend compiles into a product on a transposed operand (1.6x slower on
+    the sigmoid belief net of ``benchmarks/``); with one transpose per product, as a
+    hand-written surrogate has, each cotangent's transpose pair cancels.
+    """
+    if eqn.name != "dot_general" or isinstance(ref, Const):
+        return value
+    producer = ev.analysis.producers.get(ref)
+    if producer is None or producer.name != "transpose":
+        return value
+    return bind(producer, [ev.read(producer.inputs[0])])[0]
 
 
 def _linear_inputs(an: Analysis, eqn: Eqn):
