@@ -127,6 +127,21 @@ QUICK = Config(
 )
 
 
+# One GPU run inside benchmarks/gpu_check.sh (its peers step has 170 s): the rollout at 2^20
+# keys per call (a million estimates), the other models at 2^14-2^16; no PyTorch peers.
+GPU = Config(
+    estimates={"chain": 2**18, "elbo": 2**16, "rollout": 2**21, "sbn": 2**15},
+    batch={"chain": 2**16, "elbo": 2**14, "rollout": 2**20, "sbn": 2**13},
+    repeats=7,
+    compile_repeats=1,
+    target_s=0.05,
+    scaling_t=(16, 64, 256, 1024),
+    scaling_n=(256, 4096, 65536),
+    scaling_repeats=5,
+    torch_timeout_s=0.0,
+)
+
+
 def batch_for(size: int) -> int:
     """B(size) = clip(2^20 // size, 1, 1024) keys per call in the scaling sweeps."""
     return int(min(max(2**20 // size, 1), 1024))
@@ -877,6 +892,9 @@ def parse_args(argv=None):
     parser.add_argument("--plots", default=None, help="directory of the PNGs and the npz")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     parser.add_argument(
+        "--gpu", action="store_true", help="GPU sizes (up to 2^20 keys per call), JAX rows only"
+    )
+    parser.add_argument(
         "--torch-json", default=None, help="merge this saved torch_peers.py output, not a new run"
     )
     return parser.parse_args(argv)
@@ -919,7 +937,8 @@ def torch_side(args, inputs: str, cfg: Config, plots: str) -> TorchOutcome:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = QUICK if args.quick else GPU if args.gpu else FULL
+    args.no_torch = args.no_torch or args.gpu
     out, plots = output_paths(args)
     inputs = os.path.join(plots, "peers_inputs.npz")
     write_inputs(inputs, cfg)

@@ -393,12 +393,13 @@ time of each pass's functions; cProfile inflates Python-heavy code, so read them
 
 
 def report_header(title: str, quick: bool, repeats: int) -> str:
+    device = jax.devices()[0]
     return "\n".join(
         [
             f"# {title}" + (" (--quick smoke run)" if quick else ""),
             "",
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- jax {jax.__version__}, device {jax.devices()[0].platform}, "
+            f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}, "
             f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
             "",
         ]
@@ -417,6 +418,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     parser.add_argument("--out", default=None, help="markdown output file")
     parser.add_argument("--plot", default=None, help="scaling plot (png)")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help='e.g. "lm_scan=1,16 mlp=4,40": these programs at these sizes (default: all)',
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"rewrite_time_{harness.platform_name()}.md")
@@ -432,6 +439,12 @@ def main(argv=None) -> int:
             "mlp": [4, 40, 400, 1600, 4400],
         }
         repeats = 3
+    if args.sizes:
+        sizes = {
+            name: [int(n) for n in numbers.split(",")]
+            for name, numbers in (item.split("=") for item in args.sizes.split())
+        }
+    repeats = args.repeats or repeats
     points = run(sizes, repeats)
     text = [report_header("Rewrite time on large programs", args.quick, repeats), NOTES]
     text.append(

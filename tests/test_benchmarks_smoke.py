@@ -131,3 +131,50 @@ def test_sbn_profile_quick_runs(tmp_path):
     assert float(profile["matmul"]) > 0 and float(profile["random bits + sampling"]) > 0
     hlo = _table(text, "| system (P=16) | HLO ops |")
     assert int(hlo[0][1]) > 100 and int(hlo[0][3]) == 3  # vmap(grad): 3 batched dots
+
+
+def test_rewrite_time_takes_sizes(tmp_path):
+    out = str(tmp_path / "r.md")
+    script = os.path.join(ROOT, "benchmarks", "rewrite_time.py")
+    argv = ["--sizes", "mlp=3", "--repeats", "1", "--out", out, "--plot", str(tmp_path / "p.png")]
+    proc = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(out) as f:
+        rows = _table(f.read(), "| program | size | equations |")
+    assert [(r[0], r[1]) for r in rows] == [("mlp", "layers 3")]
+
+
+def test_gpu_configuration_reaches_a_million_estimates_per_call():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import peers
+
+    cfg = peers.GPU
+    assert cfg.batch["rollout"] >= 10**6
+    assert set(cfg.batch) == set(cfg.estimates) == set(peers.peer_models.MODELS)
+    assert all(cfg.estimates[m] % cfg.batch[m] == 0 for m in cfg.batch)
+
+
+def test_gpu_section_replaces_its_part_of_results(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_section
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "gpu_env.txt").write_text(
+        "NVIDIA H100 80GB HBM3, 81559 MiB, 580.1\njax 0.11.2 [CudaDevice(id=0)]\npeers exit 0\n"
+    )
+    (folder / "peers_gpu.md").write_text(
+        "# Peer benchmarks\n\npreamble\n\n### 1. chain\n\n"
+        "| system | n |\n|---|---|\n| jax_scg | 4 |\n"
+    )
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Loops\n\nkept text\n")
+    for _ in range(2):  # a second run replaces the section instead of adding one
+        gpu_section.main([str(folder), "--results", str(results)])
+    text = results.read_text()
+    assert text.count(gpu_section.START) == 1 and text.count(gpu_section.END) == 1
+    assert text.startswith("# Results\n\n## Loops\n\nkept text\n")
+    assert "## GPU: NVIDIA H100 80GB HBM3" in text and "- peers exit 0" in text
+    assert "##### 1. chain\n\n| system | n |" in text and "| jax_scg | 4 |" in text
+    assert "preamble" not in text
+    assert "Not written: the step failed or ran out of time (`lola_gpu.md` missing)." in text
