@@ -1012,7 +1012,7 @@ def header(quick: bool, use_torch: bool, s: Settings) -> str:
             + (" (--quick smoke run)" if quick else ""),
             "",
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- {platform.platform()}, {os.cpu_count()} CPU(s), shared with other jobs; "
+            f"- {platform.platform()}, {os.cpu_count()} CPU(s); "
             f"{s.repeats} interleaved rounds of about {s.target_s} s per entry; load average "
             f"(1, 5, 15 min) at the start {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
             + ("" if use_torch else "; Pyro not run"),
