@@ -360,7 +360,7 @@ def profile_rows(points) -> list[list]:
     ]
 
 
-def slope_rows(points, low=1e3, high=1e5) -> list[list]:
+def slope_rows(points, low=1e3, high=1.2e5) -> list[list]:  # 4400 layers: 1.01e5
     rows = []
     for name in dict.fromkeys(p.program for p in points):
         fit = [p for p in points if p.program == name and low <= p.eqns <= high]
