@@ -176,7 +176,17 @@ def test_a_transposed_weight_is_transposed_per_product(jit):
         loss, product=lambda z, w: jax.lax.dot_general(z, w, (((0,), (1,)), ((), ())))
     )
     grad = jax.jit(scg.grad(loss)) if jit else scg.grad(loss)
-    for key in jax.random.split(jax.random.key(1), 4):
-        got, want = grad(params, key), scg.grad(untransposed)(params, key)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    keys = jax.random.split(jax.random.key(1), 4)
+    batched = jax.vmap(grad, in_axes=(None, 0))(params, keys)
+    for i, key in enumerate(keys):
+        want = scg.grad(untransposed)(params, key)
+        for a, b, c in zip(jax.tree.leaves(grad(params, key)), jax.tree.leaves(want),
+                           jax.tree.leaves(batched)):  # fmt: skip
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(c[i], b, rtol=1e-6, atol=1e-7)
+        # second order: the Hessian in the logits, the same with and without the transpose
+        hessian = [
+            jax.hessian(lambda a, f=f, k=key: scg.surrogate(f)({**params, "a": a}, k))(params["a"])
+            for f in (loss, untransposed)
+        ]
+        np.testing.assert_allclose(hessian[0], hessian[1], rtol=1e-6, atol=1e-7)
