@@ -314,3 +314,47 @@ def test_a_baseline_by_name_gives_the_whole_site_the_score_function():
                 THETA, key
             )
             np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _deep_chain(theta, key, jump):
+    x = theta
+    for k in jax.random.split(key, 40):
+        x = scg.sample(k, D.Normal(jnp.tanh(x), 0.1))
+    return jnp.round(x) if jump else x * x
+
+
+def test_a_jump_free_deep_chain_skips_the_exact_walk(monkeypatch):
+    """In a chain of pathwise sites the exact walk marks each value with every site before
+    it (quadratic); it runs only where the linear, over-approximating walk finds a jump."""
+    from jax_scg._src import discontinuities
+
+    walks = []
+
+    class Counting(discontinuities._Walker):
+        def __init__(self, root, collapsed=False):
+            walks.append("collapsed" if collapsed else "exact")
+            super().__init__(root, collapsed)
+
+    monkeypatch.setattr(discontinuities, "_Walker", Counting)
+    key = keys(1300, 1)[0]
+    scg.grad(_deep_chain)(0.3, key, jump=False)
+    assert walks == ["collapsed"]
+    walks.clear()
+    scg.grad(_deep_chain)(0.3, key, jump=True)
+    assert walks == ["collapsed", "exact"]
+
+
+def test_in_a_deep_chain_with_a_jump_only_the_last_site_splits_its_costs():
+    """Every site's value reaches ``round`` (pathwise through the sites after it), so all
+    take the score where it jumps; the per-cost split applies only to the last one, the
+    others feeding another site's parameters."""
+    from jax_scg._src import discontinuities
+    from jax_scg._src.jaxpr import scope_from_jaxpr
+
+    program = jax.make_jaxpr(lambda t, k: _deep_chain(t, k, jump=True))(0.3, keys(1301, 1)[0])
+    scope = scope_from_jaxpr(program.jaxpr, program.consts)
+    sites = list(scope.sites())
+    found = discontinuities.find_jumps(scope)
+    assert set(found) == {eqn.uid for eqn in sites}
+    split = [uid for uid, (_, _, points) in found.items() if points]
+    assert split == [sites[-1].uid]

@@ -266,3 +266,29 @@ def test_fold_in_a_constant_is_a_row_of_split():
         return x * y
 
     scg.grad(distinct)(THETA, jax.random.key(0))
+
+
+def _many_sites(theta, key, clash):
+    ks = jax.random.split(key, 300)
+    total = sum(scg.sample(ks[i], D.Bernoulli(logits=theta)) for i in range(300))
+    if clash:
+        total = total + scg.sample(ks[7], D.Bernoulli(logits=theta), name="again")
+    return total
+
+
+def test_many_sites_on_split_keys_are_checked_without_comparing_pairs(monkeypatch):
+    """The shared-key check indexes the keys drawn (linear in the sites), where comparing
+    every pair of sites would be quadratic; a clash late in the program is still found."""
+    from jax_scg._src import keys as keys_module
+
+    compared = []
+    exclusive = keys_module._exclusive
+    monkeypatch.setattr(
+        keys_module, "_exclusive", lambda a, b: compared.append(1) or exclusive(a, b)
+    )
+    key = keys(1310, 1)[0]
+    scg.grad(_many_sites)(0.3, key, clash=False)
+    assert compared == []
+    with pytest.raises(scg.SiteError, match=r"(?s)same key as site 'again'.*split the key"):
+        scg.grad(_many_sites)(0.3, key, clash=True)
+    assert compared == [1]

@@ -98,13 +98,32 @@ class Jump:
 
 
 class _Walker:
-    def __init__(self, root: Scope):
+    """Walks a program forward with each value's ``Marks``.
+
+    With ``collapsed=True`` every site is one token and a set difference keeps its left
+    operand, so the marks over-approximate (by induction, every set holds the token where
+    the exact walk's holds any site) and each set has at most one element: a walk linear in
+    the program that finds every jump the exact walk can find, and more. A deep chain of
+    pathwise sites makes the exact walk quadratic (each value is marked by all sites before
+    it), so it runs only where the collapsed walk finds a jump.
+    """
+
+    def __init__(self, root: Scope, collapsed: bool = False):
         self.root = root
+        self.collapsed = collapsed
         self.origins: dict = {}  # site uid -> Jump (the first operation that made it jump)
         self.sites: dict = {}  # site uid -> site Eqn
         self.top: Eqn | None = None  # the top-level equation being walked
         self.points: dict = {}  # site uid -> uids of the top-level equations where it jumps
         self.whole_site: set = set()  # site uids the per-cost split cannot serve
+        self.site_parents: list = []  # the marks of every site's inputs
+
+    def minus(self, a: frozenset, b: frozenset) -> frozenset:
+        return a if self.collapsed else a - b
+
+    def feeds_a_site(self, uid) -> bool:
+        """Whether site ``uid``'s value reaches another site's inputs."""
+        return any(uid in m.pw or uid in m.ints or uid in m.jump for m in self.site_parents)
 
     def jump(self, uids, eqn: Eqn) -> frozenset:
         """Records that ``eqn`` makes the cost jump in these sites' values; returns them."""
@@ -162,8 +181,10 @@ class _Walker:
         _, leaves, _ = site.split(list(ins))
         parents = _union(leaves)
         # A site whose parameters depend on a pathwise site's value: that site's costs
-        # through this one would need its value stopped in this site's score too.
-        self.whole_site.update(_union(ins).sites())
+        # through this one would need its value stopped in this site's score too. (Kept as
+        # the marks, looked up for the few jumping sites only: in a deep chain every site
+        # depends on all before it, and collecting them here would be quadratic.)
+        self.site_parents.extend(m for m in ins if m)
         if scope is not self.root or site.has_baseline:
             self.whole_site.add(eqn.uid)
         estimator = site.resolved_estimator(scope.avals[eqn.outputs[0]].dtype)
@@ -174,7 +195,7 @@ class _Walker:
         kept = Marks(pw=parents.pw, jump=parents.jump)
         if estimator == primitive.PATHWISE and not site.has_value:
             self.sites[eqn.uid] = eqn
-            kept = kept._replace(pw=kept.pw | {eqn.uid})
+            kept = kept._replace(pw=kept.pw | {0 if self.collapsed else eqn.uid})
         return kept
 
     def opaque(self, scope: Scope, eqn: Eqn, marks: Marks, out) -> Marks:
@@ -207,7 +228,7 @@ class _Walker:
             # an integer or boolean turned into a number: continuous where it picks among
             # values that depend on the same site differentiably, else a jump
             pw = pw | (marks.ints & continuous)
-            jump = jump | self.jump(marks.ints - continuous, eqn)
+            jump = jump | self.jump(self.minus(marks.ints, continuous), eqn)
             outs.append(Marks(pw=pw, jump=jump))
         return outs
 
@@ -252,7 +273,7 @@ class _Walker:
             # the index picks among branches: continuous where their values depend on the
             # same site differentiably, else a jump
             picked = index.pw | index.ints
-            jump = self.jump(index.jump | (picked - merged.pw), eqn)
+            jump = self.jump(index.jump | self.minus(picked, merged.pw), eqn)
             outs.append(merged | Marks(pw=picked & merged.pw, jump=jump))
         return outs
 
@@ -261,12 +282,16 @@ def find_jumps(scope: Scope) -> dict:
     """Pathwise sites whose value reaches output 0 through a discontinuity: uid -> (site
     equation, ``Jump``, uids of the top-level equations where it jumps, or an empty set
     where the per-cost split does not apply)."""
+    inputs = [EMPTY] * len(scope.inputs)
+    (may_jump, *_) = _Walker(scope, collapsed=True).walk(scope, inputs)
+    if not may_jump.jump:
+        return {}
     walker = _Walker(scope)
-    (cost, *_) = walker.walk(scope, [EMPTY] * len(scope.inputs))
+    (cost, *_) = walker.walk(scope, inputs)
     found = {}
     for uid in cost.jump:
         if uid in walker.sites:
-            split = uid not in walker.whole_site
+            split = uid not in walker.whole_site and not walker.feeds_a_site(uid)
             points = frozenset(walker.points[uid]) if split else frozenset()
             found[uid] = (walker.sites[uid], walker.origins[uid], points)
     return found

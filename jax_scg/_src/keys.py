@@ -54,6 +54,21 @@ class Keys:
     def rearranged(self, name, params, in_shape, out_shape) -> Keys | None:
         if tuple(in_shape) != self.shape:
             return None
+        if name != "slice":  # squeeze, reshape, expand_dims: the same keys in row-major order
+            return (
+                Keys(self.root, self.rows, tuple(out_shape))
+                if _same_size(in_shape, out_shape)
+                else None
+            )
+        if len(self.shape) == 1:  # a slice of a vector of keys, e.g. keys[i]: no table
+            strides = params.get("strides") or (1,)
+            (lo,), (hi,) = params["start_indices"], params["limit_indices"]
+            rows = self.rows[lo : hi : strides[0]]
+            return (
+                Keys(self.root, rows, tuple(out_shape))
+                if _same_size((len(rows),), out_shape)
+                else None
+            )
         table = np.asarray(self.rows, dtype=np.int64).reshape(self.shape)
         if name == "slice":
             strides = params.get("strides") or (1,) * table.ndim
@@ -228,6 +243,10 @@ def _root(identity):
     return identity.root if isinstance(identity, Keys) else identity
 
 
+def _same_size(in_shape, out_shape) -> bool:
+    return math.prod(in_shape) == math.prod(out_shape)
+
+
 def _same(ref, var) -> bool:
     return type(ref) is int and ref == var
 
@@ -243,6 +262,21 @@ def _derived_from(root, invariant) -> bool:
         else:
             return False
     return True
+
+
+def _first_clash(uses) -> tuple[_Use, _Use] | None:
+    """The first two uses (in order) that draw a common key outside exclusive branches, or
+    None. Linear in the keys drawn where no two uses share one (the common case: sites on
+    ``split(key, n)[i]``), where comparing every pair would be quadratic in the sites."""
+    drawn_by: dict = {}  # row -> indices of the uses so far that draw it
+    for j, use in enumerate(uses):
+        sharing = sorted({i for row in use.rows for i in drawn_by.get(row, ())})
+        for i in sharing:
+            if not _exclusive(uses[i], use):
+                return uses[i], use
+        for row in use.rows:
+            drawn_by.setdefault(row, []).append(j)
+    return None
 
 
 def _exclusive(a: _Use, b: _Use) -> bool:
@@ -275,22 +309,21 @@ def check_keys(scope: Scope):
                         "a carried key every iteration.",
                     )
                 )
-        for i, first in enumerate(uses):
-            for second in uses[i + 1 :]:
-                if first.rows & second.rows and not _exclusive(first, second):
-                    raise SiteError(
-                        site_message(
-                            first.label,
-                            f"it draws from the same key as site {second.label}, so the two "
-                            "draws are dependent (the same random bits); jax_scg would treat "
-                            "them as independent and return a wrong gradient.",
-                            "split the key, e.g. k1, k2 = jax.random.split(key), and give each "
-                            "sample call its own.",
-                        )
-                    )
-        plain = [
-            name for rows, name in keys.plain.get(root, ()) if any(u.rows & set(rows) for u in uses)
-        ]
+        clash = _first_clash(uses)
+        if clash is not None:
+            first, second = clash
+            raise SiteError(
+                site_message(
+                    first.label,
+                    f"it draws from the same key as site {second.label}, so the two "
+                    "draws are dependent (the same random bits); jax_scg would treat "
+                    "them as independent and return a wrong gradient.",
+                    "split the key, e.g. k1, k2 = jax.random.split(key), and give each "
+                    "sample call its own.",
+                )
+            )
+        used = frozenset().union(*(u.rows for u in uses))
+        plain = [name for rows, name in keys.plain.get(root, ()) if not used.isdisjoint(rows)]
         if plain:
             warnings.warn(
                 site_message(
