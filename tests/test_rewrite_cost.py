@@ -117,6 +117,32 @@ def test_reemitted_operations_leave_no_calls_behind():
     np.testing.assert_allclose(scg.grad(loss)(theta, key), jax.grad(hand)(theta, key), rtol=1e-6)
 
 
+def test_key_and_integer_operations_are_bound_directly(monkeypatch):
+    """Only operations on floating-point values go through the cached calls (a derivative can
+    flow only there): a key slice per site would add a cached call per site that
+    ``jax.grad`` never reuses, evicting the ones it does."""
+    from jax_scg._src import jaxpr as jaxpr_module
+
+    cached = []
+    jitted = jaxpr_module._jitted_primitive
+
+    def recording(key):
+        cached.append(key[0].name)
+        return jitted(key)
+
+    monkeypatch.setattr(jaxpr_module, "_jitted_primitive", recording)
+
+    def loss(theta, key):
+        keys = jax.random.split(key, 20)
+        return sum(jnp.sin(scg.sample(keys[i], D.Normal(theta, 0.5))) for i in range(20))
+
+    grad = scg.grad(loss)(0.3, jax.random.key(5))
+    assert "sin" in cached and not {"slice", "squeeze"} & set(cached)
+    keys = jax.random.split(jax.random.key(5), 20)
+    hand = jax.grad(lambda t: sum(jnp.sin(D.Normal(t, 0.5).sample(k)) for k in keys))(0.3)
+    np.testing.assert_allclose(grad, hand, rtol=1e-5)
+
+
 def test_discontinuity_pass_is_linear_in_the_sites():
     """Each value's marks are three sets, so following them is a few set unions per
     equation: a 300-site chain flags exactly the site whose value is rounded."""

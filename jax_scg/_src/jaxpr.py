@@ -189,12 +189,17 @@ def bind(eqn: Eqn, invals) -> list:
         return [vary_over(x, frozenset(eqn.params["axes"])) for x in invals]
     if not eqn.subs:
         invals = _same_varying_axes(invals)
-        wrapped = _cached_call(eqn.primitive, bind_params)
+        wrapped = _cached_call(eqn.primitive, bind_params) if _inexact_in(invals) else None
         if wrapped is not None:
             out = wrapped(*invals)
             return list(out) if eqn.primitive.multiple_results else [out]
     out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _inexact_in(values) -> bool:
+    """Whether a floating-point value is among ``values`` (only those carry derivatives)."""
+    return any(jax.dtypes.issubdtype(jax.typeof(v).dtype, np.inexact) for v in values)
 
 
 def _cached_call(primitive, params):
