@@ -1,7 +1,7 @@
 """XLA compile time of unrolled programs: ``jit(scg.grad(f))`` against hand-written DiCE.
 
 The program is a Python loop of N Bernoulli sites in a chain with a cost per site
-(``core_overhead.chain_program``); the baseline is ``jax.grad`` of its hand-written DiCE
+(``models.chain_program``); the baseline is ``jax.grad`` of its hand-written DiCE
 surrogate (a running sum of log-probabilities, each cost times ``magic_box`` of it). Both are
 lowered first; only ``lowered.compile()`` is timed, on fresh functions, the two systems
 interleaved (order rotating), medians and the median per-round ratio reported.
@@ -18,7 +18,7 @@ import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
-from core_overhead import chain_program
+from models import chain_program
 from rewrite_time import report_header, write_report
 
 import jax_scg as scg

@@ -36,151 +36,30 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+from models import (  # noqa: E402
+    ROLLOUT_THETA,
+    SCALING_PROGRAMS,
+    bits_handwritten,
+    bits_model,
+    rollout_handwritten,
+    rollout_handwritten_carried,
+    rollout_model,
+    small_sbn_handwritten,
+    small_sbn_model,
+    small_sbn_params,
+)
 
 import jax_scg as scg  # noqa: E402
-from jax_scg import distributions as D  # noqa: E402
 
 # Targets (ratios are scg / hand-written).
 RUNTIME_TARGET = 1.02
 COMPILE_TARGET = 1.5
 # A fitted log-log slope up to this counts as linear scaling of the rewrite.
 LINEAR_SLOPE = 1.15
-
-
-# ------------------------------------------------------------------------------------------
-# Model a: one vector Bernoulli site, one cost node.
-
-BITS_WEIGHTS = jnp.linspace(-1.0, 1.0, 64)
-
-
-def bits_cost(x):
-    """A nonlinear function of the whole bit vector: one cost node."""
-    return jnp.log1p(jnp.square(jnp.dot(x, BITS_WEIGHTS) - 1.0))
-
-
-def bits_model(theta, key):
-    """64 independent Bernoulli bits drawn in one ``scg.sample`` call."""
-    x = scg.sample(key, D.Bernoulli(logits=theta))
-    return bits_cost(x)
-
-
-def bits_handwritten(theta, key):
-    """DiCE by hand: ``magic_box(sum of the bits' log-probabilities) * cost``."""
-    dist = D.Bernoulli(logits=theta)
-    x = lax.stop_gradient(dist.sample(key))
-    return scg.magic_box(jnp.sum(dist.log_prob(x))) * bits_cost(x)
-
-
-# ------------------------------------------------------------------------------------------
-# Model b: a policy rollout in lax.scan, per-step rewards, reward-to-go credit.
-
-
-def policy_logits(theta, state):
-    """Bernoulli policy: logits from the state and theta = (bias, linear, tanh weights)."""
-    return theta[0] + theta[1] * state + theta[2] * jnp.tanh(state)
-
-
-def env_step(state, action):
-    """Deterministic dynamics and reward of the toy environment."""
-    new_state = 0.9 * state + action - 0.5
-    return new_state, jnp.square(new_state - 1.0)
-
-
-def rollout_model(theta, key, steps):
-    """Rollout of ``steps`` Bernoulli actions; rewards stacked by the scan and summed."""
-
-    def body(state, k):
-        action = scg.sample(k, D.Bernoulli(logits=policy_logits(theta, state)))
-        return env_step(state, action)
-
-    _, rewards = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    return rewards.sum()
-
-
-def rollout_handwritten(theta, key, steps):
-    """Reward-to-go DiCE by hand: ``sum(magic_box(cumsum(log pi)) * rewards)``."""
-
-    def body(state, k):
-        dist = D.Bernoulli(logits=policy_logits(theta, state))
-        action = lax.stop_gradient(dist.sample(k))
-        state, reward = env_step(state, action)
-        return state, (dist.log_prob(action), reward)
-
-    _, (log_probs, rewards) = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    return jnp.sum(scg.magic_box(jnp.cumsum(log_probs)) * rewards)
-
-
-def rollout_handwritten_carried(theta, key, steps):
-    """Reward-to-go DiCE by hand, the running log-probability carried inside the scan."""
-
-    def body(carry, k):
-        state, tau = carry
-        dist = D.Bernoulli(logits=policy_logits(theta, state))
-        action = lax.stop_gradient(dist.sample(k))
-        state, reward = env_step(state, action)
-        tau = tau + dist.log_prob(action)
-        return (state, tau), scg.magic_box(tau) * reward
-
-    init = (jnp.zeros(()), jnp.zeros(()))
-    _, boxed_rewards = lax.scan(body, init, jax.random.split(key, steps))
-    return jnp.sum(boxed_rewards)
-
-
-# ------------------------------------------------------------------------------------------
-# Model c: a two-layer sigmoid belief net, two cost nodes with different influence sets.
-
-SBN_INPUT = jax.random.normal(jax.random.key(7), (32,))
-
-
-def sbn_params(key):
-    """Parameters of the sigmoid belief net (a dict pytree)."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {
-        "W1": 0.3 * jax.random.normal(k1, (16, 32)),
-        "b1": jnp.zeros(16),
-        "W2": 0.3 * jax.random.normal(k2, (8, 16)),
-        "b2": jnp.zeros(8),
-        "v": jax.random.normal(k3, (8,)),
-    }
-
-
-def sbn_layer1(theta):
-    return D.Bernoulli(logits=theta["W1"] @ SBN_INPUT + theta["b1"])
-
-
-def sbn_layer2(theta, z1):
-    return D.Bernoulli(logits=theta["W2"] @ z1 + theta["b2"])
-
-
-def sbn_costs(theta, z1, z2):
-    """(cost of z1 only, nonlinear cost of z2)."""
-    return jnp.square(jnp.mean(z1) - 0.5), jnp.log1p(jnp.square(theta["v"] @ z2 - 1.0))
-
-
-def sbn_model(theta, key):
-    """z1 ~ Bernoulli(W1 x + b1) (16 units), z2 ~ Bernoulli(W2 z1 + b2) (8 units)."""
-    k1, k2 = jax.random.split(key)
-    z1 = scg.sample(k1, sbn_layer1(theta))
-    z2 = scg.sample(k2, sbn_layer2(theta, z1))
-    cost1, cost2 = sbn_costs(theta, z1, z2)
-    return cost1 + cost2
-
-
-def sbn_handwritten(theta, key):
-    """DiCE by hand: ``magic_box(lp1) * cost1 + magic_box(lp1 + lp2) * cost2``."""
-    k1, k2 = jax.random.split(key)
-    d1 = sbn_layer1(theta)
-    z1 = lax.stop_gradient(d1.sample(k1))
-    d2 = sbn_layer2(theta, z1)
-    z2 = lax.stop_gradient(d2.sample(k2))
-    lp1, lp2 = jnp.sum(d1.log_prob(z1)), jnp.sum(d2.log_prob(z2))
-    cost1, cost2 = sbn_costs(theta, z1, z2)
-    return scg.magic_box(lp1) * cost1 + scg.magic_box(lp1 + lp2) * cost2
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,7 +86,7 @@ def make_cases(quick: bool) -> list[Case]:
     """The three models of part 1 (smaller batches and rollouts with ``quick``)."""
     steps = 8 if quick else 64
     n_bits, n_roll, n_sbn = (256, 64, 64) if quick else (4096, 1024, 1024)
-    rollout_theta = jnp.array([0.2, -0.4, 0.3])
+    rollout_theta = jnp.array(ROLLOUT_THETA)
     return [
         Case("a. vector Bernoulli (64 bits, 1 site)", bits_model, bits_handwritten,
              jnp.linspace(-0.5, 0.5, 64), n_bits),
@@ -217,8 +96,8 @@ def make_cases(quick: bool) -> list[Case]:
         Case(f"b'. scan rollout ({steps} steps), running sum in scan",
              _bind(rollout_model, steps=steps), _bind(rollout_handwritten_carried, steps=steps),
              rollout_theta, n_roll),
-        Case("c. sigmoid belief net (16 + 8 units)", sbn_model, sbn_handwritten,
-             sbn_params(jax.random.key(3)), n_sbn),
+        Case("c. sigmoid belief net (16 + 8 units)", small_sbn_model, small_sbn_handwritten,
+             small_sbn_params(jax.random.key(3)), n_sbn),
     ]  # fmt: skip
 
 
@@ -363,62 +242,6 @@ def opcode_diff_rows(results: list[CaseResult]) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------
 # Part 2: rewrite-time scaling
-
-
-def chain_program(n: int, per_site_costs: bool, handwritten: bool) -> Callable:
-    """A fresh function with ``n`` Bernoulli sites in a chain (logits from the previous draw).
-
-    Args:
-      n: the number of sites.
-      per_site_costs: a cost per site, summed (cost i is influenced by sites 1..i), or only
-        one cost of the last draw.
-      handwritten: the hand-written DiCE surrogate with the same credit assignment instead.
-    """
-
-    def fn(theta, key):
-        keys = jax.random.split(key, n)
-        x, tau, total = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-        for i in range(n):
-            dist = D.Bernoulli(logits=theta[0] + theta[1] * x)
-            if handwritten:
-                x = lax.stop_gradient(dist.sample(keys[i]))
-                tau = tau + dist.log_prob(x)
-            else:
-                x = scg.sample(keys[i], dist)
-            if per_site_costs:
-                cost = jnp.square(x - 0.3)
-                total = total + (scg.magic_box(tau) * cost if handwritten else cost)
-        if per_site_costs:
-            return total
-        cost = jnp.square(x - 0.3)
-        return scg.magic_box(tau) * cost if handwritten else cost
-
-    return fn
-
-
-def independent_program(n: int, handwritten: bool) -> Callable:
-    """A fresh function with ``n`` independent Bernoulli sites, each with its own summed cost."""
-
-    def fn(theta, key):
-        keys = jax.random.split(key, n)
-        total = jnp.zeros(())
-        for i in range(n):
-            dist = D.Bernoulli(logits=theta[0] + theta[1] * (i / n))
-            if handwritten:
-                x = lax.stop_gradient(dist.sample(keys[i]))
-                total = total + scg.magic_box(dist.log_prob(x)) * jnp.square(x - 0.3)
-            else:
-                total = total + jnp.square(scg.sample(keys[i], dist) - 0.3)
-        return total
-
-    return fn
-
-
-SCALING_PROGRAMS = {
-    "chain, one cost (of the last draw)": lambda n, hand: chain_program(n, False, hand),
-    "chain, a cost per site (summed)": lambda n, hand: chain_program(n, True, hand),
-    "independent, a cost per site (summed)": independent_program,
-}
 
 
 def rewrite_time(make_program: Callable[[], Callable], transform: Callable, repeats: int):

@@ -28,9 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import core_overhead  # noqa: E402
 import harness  # noqa: E402
-from core_overhead import (  # noqa: E402
-    env_step,
-    policy_logits,
+from models import (  # noqa: E402
+    ROLLOUT_THETA,
+    rollout_carried,
+    rollout_fissioned,
     rollout_handwritten,
     rollout_model,
 )
@@ -40,33 +41,6 @@ from jax_scg import distributions as D  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # Part A: one rollout, three derivatives, scg against two hand-written forms
-
-
-def rollout_carried(theta, key, steps):
-    """The rollout model with the running reward carried by the scan instead of stacked."""
-
-    def body(carry, k):
-        state, total = carry
-        action = scg.sample(k, D.Bernoulli(logits=policy_logits(theta, state)))
-        state, reward = env_step(state, action)
-        return (state, total + reward), None
-
-    (_, total), _ = lax.scan(body, (jnp.zeros(()), jnp.zeros(())), jax.random.split(key, steps))
-    return total
-
-
-def rollout_fissioned(theta, key, steps):
-    """Reward-to-go DiCE by hand, loop-fissioned: simulate in the scan, score after it."""
-
-    def body(state, k):
-        logits = policy_logits(lax.stop_gradient(theta), state)
-        action = jax.random.bernoulli(k, jax.nn.sigmoid(logits)).astype(state.dtype)
-        new_state, reward = env_step(state, action)
-        return new_state, (state, action, reward)
-
-    _, (states, actions, rewards) = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    log_probs = D.Bernoulli(logits=policy_logits(theta, states)).log_prob(actions)
-    return jnp.sum(scg.magic_box(jnp.cumsum(log_probs)) * rewards)
 
 
 def derivative(kind: str, fn, by_scg: bool):
@@ -133,7 +107,7 @@ def _triple(stats, key, fmt="{}"):
 def run_part_a(quick: bool) -> list[str]:
     steps, n_keys = (8, 64) if quick else (64, 1024)
     repeats, target_s = (5, 0.005) if quick else (60, 0.05)
-    theta = jnp.array([0.2, -0.4, 0.3])
+    theta = jnp.array(ROLLOUT_THETA)
     args = (theta, jax.random.split(jax.random.key(0), n_keys))
     bind = lambda fn: lambda th, k: fn(th, k, steps)  # noqa: E731
     models = {"stacked (`rewards.sum()`)": rollout_model, "running reward in the carry":
@@ -181,7 +155,7 @@ Hessian `jax.hessian(scg.surrogate(model))` / `jax.hessian(hand)`; look-ahead gr
 gradient estimator and `outer` the surrogate (reverse over reverse). "fissioned": the scan
 samples with `stop_gradient(theta)` and stacks states, actions and rewards; logits,
 log-probabilities, `cumsum` and `magic_box` are computed after it, vectorised over time.
-"naive": core_overhead's `rollout_handwritten` (log-probabilities stacked by the scan, boxes
+"naive": models.py's `rollout_handwritten` (log-probabilities stacked by the scan, boxes
 after it). The same hand forms serve both scg models. The three estimates were checked equal
 before timing: for every key in float32 (rtol 1e-4; 1e-3 for the look-ahead gradient, whose
 entries reach 1e5 and differ by float32 rounding up to ~3e-4, so it is also checked in

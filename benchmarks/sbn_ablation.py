@@ -2,7 +2,7 @@
 
 ``python benchmarks/sbn_ablation.py [--quick]`` (needs numpyro and scikit-learn).
 
-The model and guide are those of ``variance_peers.py`` (model B: z2 (8) -> z1 (16) -> x (64)
+The model and guide are ``models.sbn_*`` (``variance_peers.py`` model B: z2 (8) -> z1 (16) -> x (64)
 on binarised digits, guide q(z1 | x) q(z2 | z1)). Write, per image, the ELBO's terms
 elementwise, each Bernoulli log-probability as ``value · logits − softplus(logits)``:
 
@@ -42,8 +42,8 @@ import os
 
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
-import variance_peers as vp
 from harness import markdown_table
 from jax.flatten_util import ravel_pytree
 
@@ -73,11 +73,11 @@ VARIANTS = [
     ("(4) no own log q in the cost", None, False, False, 0.0),
     ("(4a) no own log q, C for z1 and z2", None, True, True, 0.0),
     (
-        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(vp.Z1 - 1) * np.log(2):.2f} in z1's cost",
+        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(models.Z1 - 1) * np.log(2):.2f} in z1's cost",
         "element whole",
         False,
         False,
-        (vp.Z1 - 1) * float(np.log(2)),
+        (models.Z1 - 1) * float(np.log(2)),
     ),
 ]
 
@@ -128,7 +128,7 @@ def numpyro_draws(x, unravel):
     """The guide's draws of z1, z2 that TraceGraph_ELBO.loss(key, ...) makes for ``key``."""
     from numpyro import handlers
 
-    guide = vp.numpyro_guide_b(x)
+    guide = models.numpyro_sbn_guide(x)
 
     def draws(flat, key):
         _, guide_seed = jax.random.split(key)
@@ -141,8 +141,8 @@ def numpyro_draws(x, unravel):
 
 def estimators(x, unravel):
     draws = numpyro_draws(x, unravel)
-    loss = functools.partial(vp.scg_elbo_b, x=x, unravel=unravel)
-    numpyro_grad = vp.numpyro_grad_b(x, unravel)
+    loss = functools.partial(models.sbn_elbo, x=x, unravel=unravel)
+    numpyro_grad = models.numpyro_sbn_grad(x, unravel)
 
     def all_grads(flat, key):
         z1, z2 = draws(flat, key)
@@ -168,10 +168,9 @@ def ratio_interval(u, v, z=1.96):
 
 
 def run(images, n, chunk, seed=2):
-    x = vp.digits(images)
-    flat, unravel = ravel_pytree(vp.sbn_params())
-    is_guide = {k: jnp.full(v.shape, k[0] in "Vc", bool) for k, v in vp.sbn_params().items()}
-    guide = np.asarray(ravel_pytree(is_guide)[0])
+    x = models.digits(images)
+    flat, unravel = ravel_pytree(models.sbn_params())
+    guide = models.sbn_guide_mask()
     labels = [SCG_ROW, NUMPYRO_ROW, *(v[0] for v in VARIANTS)]
     run_chunk = estimators(x, unravel)
 

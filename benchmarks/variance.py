@@ -29,13 +29,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 import optax
 import peer_models
 import variance_peers
 from harness import markdown_table
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 import jax_scg as scg
 from jax_scg import distributions as D
@@ -548,10 +548,7 @@ def sbn_rows(quick, seed=4, chunk=250):
     # The moving average: warm-up keys from seed 98 (no measured row's seed), then the
     # measured keys of the rows above, one after another.
     warmup_keys = jax.random.split(jax.random.key(98), ma_warmup)
-    is_guide = {
-        k: jnp.full(v.shape, k[0] in "Vc", bool) for k, v in variance_peers.sbn_params().items()
-    }
-    guide = np.asarray(ravel_pytree(is_guide)[0])
+    guide = models.sbn_guide_mask()
     assert guide.shape == flat.shape
     for decay in MA_DECAYS:
         start = time.perf_counter()
