@@ -23,12 +23,8 @@ Results are printed as markdown and written to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -142,16 +138,12 @@ def check_same_estimates(case: Case, n: int = 4):
         _assert_tree_close(g_scg, g_hand, f"{case.name}: scg.grad != hand-written")
 
 
-def _fmt_ratio(x: float) -> str:
-    return f"{x:.3f}"
-
-
-def _fmt_count(x: float) -> str:
-    return "n/a" if np.isnan(x) else f"{x:,.0f}"
+def _count(x: float) -> str:
+    return harness.fmt(x, ",.0f", "n/a")
 
 
 def _met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
+    return harness.met(ok, "yes", "**no**")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,13 +189,13 @@ def overhead_rows(results: list[CaseResult]) -> list[list[str]]:
             [
                 r.name,
                 r.n_keys,
-                f"{_fmt_ratio(t.ratio)} [{_fmt_ratio(t.paired_q25)}, {_fmt_ratio(t.paired_q75)}]",
+                harness.timing_ratio(t, ".3f"),
                 _met(t.ratio <= RUNTIME_TARGET),
                 f"{s['scg'].op_count} / {s['hand'].op_count}",
-                f"{_fmt_count(s['scg'].flops)} / {_fmt_count(s['hand'].flops)}",
+                f"{_count(s['scg'].flops)} / {_count(s['hand'].flops)}",
                 _met(ops_equal and flops_equal),
                 "yes" if same_program else "no",
-                _fmt_ratio(compile_ratio),
+                f"{compile_ratio:.3f}",
                 _met(compile_ratio <= COMPILE_TARGET),
             ]
         )
@@ -223,7 +215,7 @@ def absolute_rows(results: list[CaseResult]) -> list[list[str]]:
                     f"{t.median_s * 1e3:.3f}",
                     f"{t.iqr_s * 1e3:.3f}",
                     f"{r.compile_s[name] * 1e3:.0f}",
-                    _fmt_count(r.stats[name].transcendentals),
+                    _count(r.stats[name].transcendentals),
                 ]
             )
     return rows
@@ -347,7 +339,7 @@ def scaling_rows(results) -> list[list[str]]:
                     f"{p.scg_s / p.n * 1e3:.2f}",
                     f"{p.hand_s * 1e3:.1f}",
                     f"{p.hand_s / p.n * 1e3:.2f}",
-                    _fmt_ratio(p.scg_s / p.hand_s),
+                    f"{p.scg_s / p.hand_s:.3f}",
                     f"{p.scg_eqns} / {p.hand_eqns}",
                 ]
             )
@@ -384,43 +376,6 @@ def slope_rows(results) -> list[list[str]]:
 # Main
 
 
-def library_revision() -> str:
-    """The git commit of the checkout that holds jax_scg, and whether jax_scg/ has edits."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(scg.__file__)))
-
-    def git(*args):
-        return subprocess.run(
-            ["git", "-C", root, *args], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-
-    try:
-        commit = git("log", "-1", "--format=%h %s").strip()
-        edited = git("status", "--porcelain", "--", "jax_scg").splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    if not edited:
-        return f"{commit} (jax_scg/ unmodified)"
-    files = ", ".join(line[3:] for line in edited)
-    return f"{commit} + uncommitted edits to {files}"
-
-
-def header(quick: bool) -> str:
-    device = jax.devices()[0]
-    return "\n".join(
-        [
-            "# jax_scg core overhead" + (" (--quick smoke run)" if quick else ""),
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- jax {jax.__version__}, jaxlib {jax.lib.__version__}, jax_scg {scg.__version__}",
-            f"- jax_scg revision: {library_revision()}",
-            f"- device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))",
-            f"- host: {platform.platform()}, python {platform.python_version()}, "
-            f"{os.cpu_count()} CPU(s)",
-            "",
-        ]
-    )
-
-
 NOTES = """\
 Ratios are scg / hand-written, measured side by side in this run. Runtime: median seconds per
 call of the jitted, vmapped gradient, the two systems timed in alternating rounds; the
@@ -446,25 +401,14 @@ as superlinear.
 """
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"core_overhead_{harness.platform_name()}.md",
-    )
+    args = harness.arg_parser(__doc__).parse_args(argv)
+    out = args.out or harness.results_path("core_overhead")
     repeats, compile_repeats, target_s = (5, 1, 0.005) if args.quick else (150, 5, 0.04)
     sizes = [4, 16] if args.quick else [10, 100, 300, 1000]
     scaling_repeats, budget_s = (1, 20.0) if args.quick else (3, 60.0)
 
-    text = [header(args.quick)]
+    text = [harness.environment_header("jax_scg core overhead", args.quick)]
     print(text[0], flush=True)
     cases = make_cases(args.quick)
     for case in cases:
@@ -546,10 +490,7 @@ def main(argv=None) -> int:
         )
     )
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(text))
-    print(f"wrote {out}")
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

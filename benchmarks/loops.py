@@ -13,7 +13,6 @@ PART_B_NOTES below say how each column is measured.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -26,7 +25,6 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import core_overhead  # noqa: E402
 import harness  # noqa: E402
 from models import (  # noqa: E402
     ROLLOUT_THETA,
@@ -96,10 +94,6 @@ def check_equal(fns: dict, args, rtol: float, what: str):
         np.testing.assert_allclose(out[name], ref, rtol=rtol, atol=atol, err_msg=f"{what}: {name}")
 
 
-def _ratio(t) -> str:
-    return f"{t.ratio:.2f} [{t.paired_q25:.2f}, {t.paired_q75:.2f}]"
-
-
 def _triple(stats, key, fmt="{}"):
     return " / ".join(fmt.format(stats[s][key]) for s in SYSTEMS)
 
@@ -132,8 +126,8 @@ def run_part_a(quick: bool) -> list[str]:
             vs_fiss = harness.summarize(times, "fissioned")
             stats = {name: program_stats(c, steps) for name, c in compiled.items()}
             rows.append([
-                model_name, kind, _ratio(vs_fiss["scg"]),
-                _ratio(harness.summarize(times, "naive")["scg"]),
+                model_name, kind, harness.timing_ratio(vs_fiss["scg"]),
+                harness.timing_ratio(harness.summarize(times, "naive")["scg"]),
                 " / ".join(f"{vs_fiss[s].median_s * 1e3:.2f}" for s in SYSTEMS),
                 _triple(stats, "time loops"), _triple(stats, "while"), _triple(stats, "ops"),
                 _triple(stats, "MiB", "{:.2f}"),
@@ -332,25 +326,18 @@ difference per key: max |Δ| / max |g_hand| over coordinates.
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument("--part", choices=("A", "B"), default=None, help="run one part only")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", f"loops_{harness.platform_name()}.md"
-    )
-    title = "# jax_scg loops: derivatives through lax.scan, and batched environments"
-    text = [core_overhead.header(args.quick).replace("# jax_scg core overhead", title)]
+    out = args.out or harness.results_path("loops")
+    title = "jax_scg loops: derivatives through lax.scan, and batched environments"
+    text = [harness.environment_header(title, args.quick)]
     print(text[0], flush=True)
     if args.part in (None, "A"):
         text += run_part_a(args.quick)
     if args.part in (None, "B"):
         text += run_part_b(args.quick)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(text))
-    print(f"wrote {out}")
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

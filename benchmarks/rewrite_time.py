@@ -28,10 +28,8 @@ Ratios are medians of interleaved repeats measured in this run. A per-pass profi
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import dataclasses
-import datetime
 import os
 import platform
 import pstats
@@ -199,7 +197,7 @@ def _ratio_cell(p: Point, baseline: str) -> str:
     if baseline not in p.times:
         return "= plain"
     q25, q75 = np.percentile(p.times["scg"] / p.times[baseline], [25, 75])
-    return f"{p.ratio(baseline):.2f} [{q25:.2f}, {q75:.2f}]"
+    return harness.ratio_cell(p.ratio(baseline), q25, q75)
 
 
 def table_rows(points) -> list[list]:
@@ -269,30 +267,17 @@ time of each pass's functions; cProfile inflates Python-heavy code, so read them
 
 
 def report_header(title: str, quick: bool, repeats: int) -> str:
-    device = jax.devices()[0]
-    return "\n".join(
-        [
-            f"# {title}" + (" (--quick smoke run)" if quick else ""),
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}, "
-            f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
-            "",
-        ]
+    """The header of this report and ``compile_time.py``'s."""
+    return harness.report_header(
+        title,
+        quick,
+        f"jax {jax.__version__}, device {harness.device_description()}, "
+        f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
     )
 
 
-def write_report(path: str, parts) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
-    print(f"wrote {path}")
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument("--plot", default=None, help="scaling plot (png)")
     parser.add_argument(
         "--sizes",
@@ -302,7 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
-    out = args.out or os.path.join(here, "results", f"rewrite_time_{harness.platform_name()}.md")
+    out = args.out or harness.results_path("rewrite_time")
     plot = args.plot or (
         None if args.quick else os.path.join(here, "results", "rewrite_time_scaling.png")
     )
@@ -352,7 +337,7 @@ def main(argv=None) -> int:
             title="Least-squares log-log slope of time vs equations, 10^3-10^5",
         )
     )
-    write_report(out, text)
+    harness.write_report(out, "\n".join(text))
     if plot:
         save_plot(points, plot)
     return 0

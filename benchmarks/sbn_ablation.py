@@ -35,16 +35,13 @@ Writes ``benchmarks/results/sbn_ablation_<platform>.md``.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
-import os
 
+import harness
 import jax
 import jax.numpy as jnp
 import models
 import numpy as np
-from harness import markdown_table
 from jax.flatten_util import ravel_pytree
 
 import jax_scg as scg
@@ -158,15 +155,6 @@ def estimators(x, unravel):
     return jax.jit(jax.vmap(all_grads, in_axes=(None, 0)))
 
 
-def ratio_interval(u, v, z=1.96):
-    """mean(u)/mean(v) with a delta-method 95% interval; u, v paired per-estimate values."""
-    n = len(u)
-    r = u.mean() / v.mean()
-    c = np.cov(u, v)
-    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / n) / v.mean()
-    return r, r - z * se, r + z * se
-
-
 def run(images, n, chunk, seed=2):
     x = models.digits(images)
     flat, unravel = ravel_pytree(models.sbn_params())
@@ -212,17 +200,17 @@ def report(quick):
     for k in dev:
         u, g = dev[k], dev_guide[k]
         half = 1.96 * u.std(ddof=1) / np.sqrt(len(u))
-        r = ratio_interval(u, dev[base])
-        rp = ratio_interval(u, dev[peer])
-        rg = ratio_interval(g, dev_guide[base])
+        r = harness.ratio_interval(u, dev[base])
+        rp = harness.ratio_interval(u, dev[peer])
+        rg = harness.ratio_interval(g, dev_guide[base])
         rows.append(
             [
                 k,
                 f"{u.mean():.4g} ± {half:.2g}",
                 f"{g.mean():.4g}",
-                f"{r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]",
-                f"{rg[0]:.3f} [{rg[1]:.3f}, {rg[2]:.3f}]",
-                f"{rp[0]:.3f} [{rp[1]:.3f}, {rp[2]:.3f}]",
+                harness.ratio_cell(*r, ".3f"),
+                harness.ratio_cell(*rg, ".3f"),
+                harness.ratio_cell(*rp, ".3f"),
             ]
         )
     header = [
@@ -233,12 +221,12 @@ def report(quick):
         "guide coordinates: ratio to jax_scg [95%]",
         "ratio to NumPyro [95%]",
     ]
-    device = jax.devices()[0]
     lines = [
-        "# Sigmoid belief net: what makes NumPyro's TraceGraph_ELBO lower-variance (ablation)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, device {device.platform}; {images} digits, {n_all} "
+        harness.report_header(
+            "Sigmoid belief net: what makes NumPyro's TraceGraph_ELBO lower-variance (ablation)",
+            False,
+        ).rstrip("\n"),
+        f"- jax {jax.__version__}, device {jax.devices()[0].platform}; {images} digits, {n_all} "
         f"parameters ({n_guide} guide); {n} estimates per row, all rows on the same draws "
         "(NumPyro's, planted into jax_scg with scg.condition), so the ratios are paired.",
         "- variance: mean over coordinates of the per-coordinate variance of one estimate "
@@ -248,23 +236,22 @@ def report(quick):
         f"vs scg.grad {agree['jax_scg']:.1e}; hand-written NumPyro credit vs "
         f"TraceGraph_ELBO {agree['NumPyro']:.1e}.",
         "",
-        markdown_table(header, rows),
+        harness.markdown_table(header, rows),
     ]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = harness.arg_parser(
+        __doc__, "markdown output file (--quick: none by default)"
+    ).parse_args(argv)
     text = report(args.quick)
     print(text)
-    if args.quick:  # a smoke run: keep the full run's file
+    if args.quick and not args.out:  # a smoke run: keep the full run's file
         return
-    here = os.path.dirname(os.path.abspath(__file__))
-    name = f"sbn_ablation_{jax.devices()[0].platform}.md"
-    with open(os.path.join(here, "results", name), "w") as f:
-        f.write(text + "\n")
+    harness.write_report(
+        args.out or harness.results_path("sbn_ablation", jax.devices()[0].platform), text + "\n"
+    )
 
 
 if __name__ == "__main__":

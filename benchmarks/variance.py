@@ -16,8 +16,6 @@ goals of issue 13 with their verdicts. Writes ``benchmarks/results/variance_<pla
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
 import itertools
 import json
@@ -27,6 +25,7 @@ import subprocess
 import tempfile
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import models
@@ -252,14 +251,6 @@ def mean_of(grad, m):
     return lambda theta, key: jax.vmap(grad, (None, 0))(theta, jax.random.split(key, m)).mean(0)
 
 
-def ratio_interval(u, v, z=1.96):
-    """mean(u) / mean(v) and its delta-method 95% interval, u and v paired per estimate."""
-    r = u.mean() / v.mean()
-    c = np.cov(u, v)
-    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / len(u)) / v.mean()
-    return r, r - z * se, r + z * se
-
-
 def categorical_rows(n, seed=3, relax_steps=1000):
     """The 10-way Categorical toy: variance, cost and ratios with 95% intervals."""
     loss = categorical_toy
@@ -330,7 +321,7 @@ def categorical_rows(n, seed=3, relax_steps=1000):
     reference = results[0][4]
     rows = []
     for label, cost, cv, bias, u in results:
-        r = ratio_interval(u, reference)
+        r = harness.ratio_interval(u, reference)
         equal = [cost * x for x in r]  # the score function averaged over `cost` estimates
         rows.append(
             [
@@ -611,7 +602,7 @@ def independent_ratio(a, sa, b, sb, z=1.96):
 
 
 def fmt_ratio(r):
-    return f"{r[0]:.3g} [{r[1]:.3g}, {r[2]:.3g}]"
+    return harness.ratio_cell(*r, ".3g")
 
 
 def storchastic_section(result, jax_categorical, us_exact) -> list:
@@ -1033,9 +1024,7 @@ def ablation_section(platform: str) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
+    parser = harness.arg_parser(__doc__)
     parser.add_argument(
         "--storchastic-json",
         default=None,
@@ -1097,7 +1086,7 @@ def main(argv=None):
         rows += rows_for(f"REBAR toy t={t}", variants, exact_grad, theta, n, seed=1, deviations=u)
         relax = u["RELAX learned c_φ (relaxed cost + MLP of z)"]
         for rebar_label in ("REBAR η=1, λ=0.5 (3 evaluations)", rebar_learned):
-            r = ratio_interval(relax, u[rebar_label])
+            r = harness.ratio_interval(relax, u[rebar_label])
             relax_goal.append((t, rebar_label, relax.mean(), u[rebar_label].mean(), r, r[2] < 1))
     theta = jnp.array([0.2, -0.5])
     reference, _ = rollout_exact_gradient(theta, n=20_000 if args.quick else 400_000)
@@ -1127,13 +1116,13 @@ def main(argv=None):
     ]
     device = jax.devices()[0]
     lines = [
-        "# jax_scg estimator variance",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}",
-        f"- {n} estimates per row; the policy's reference gradient is itself a Monte Carlo mean"
-        " (400k estimates with a value baseline), so its bias column has that noise too.",
-        "",
+        harness.report_header(
+            "jax_scg estimator variance",
+            False,
+            f"jax {jax.__version__}, device {harness.device_description()}",
+            f"{n} estimates per row; the policy's reference gradient is itself a Monte Carlo mean"
+            " (400k estimates with a value baseline), so its bias column has that noise too.",
+        ),
         markdown_table(header, rows),
     ]
     cat_header, cat_rows, cat_summary = categorical_rows(n, relax_steps=50 if args.quick else 1000)
@@ -1180,11 +1169,7 @@ def main(argv=None):
     lines += goals(result, cat_summary, us_exact, sbn_goal, relax_goal)
     text = "\n".join(lines)
     print(text)
-    out = args.out or os.path.join(
-        os.path.dirname(__file__), "results", f"variance_{device.platform}.md"
-    )
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    harness.write_report(args.out or harness.results_path("variance", device.platform), text + "\n")
 
 
 if __name__ == "__main__":

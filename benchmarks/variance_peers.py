@@ -23,18 +23,25 @@ all rows of a model timed in interleaved rounds, median over rounds, for both sy
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import functools
 import importlib.util
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import markdown_table, time_interleaved
+from harness import (
+    Moments,
+    arg_parser,
+    device_description,
+    estimate,
+    markdown_table,
+    report_header,
+    results_path,
+    time_interleaved,
+    write_report,
+)
 from jax.flatten_util import ravel_pytree
 from models import (
     POINTS,
@@ -72,43 +79,6 @@ FULL = {
     "images": 64,
     "warmup": 2_000,
 }
-
-
-class Moments:
-    """Running mean and sum of squared deviations per coordinate (Chan et al.'s merge)."""
-
-    def __init__(self):
-        self.n, self.mean, self.m2 = 0, None, None
-
-    def add(self, batch):
-        batch = np.asarray(batch, np.float64).reshape(batch.shape[0], -1)
-        n_b, mean_b = batch.shape[0], batch.mean(0)
-        m2_b = ((batch - mean_b) ** 2).sum(0)
-        if self.n == 0:
-            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
-            return
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / n
-        self.n = n
-
-    @property
-    def var(self):
-        return self.m2 / (self.n - 1)
-
-    @property
-    def se(self):
-        return np.sqrt(self.var / self.n)
-
-
-def estimate(run, params, n, seed, chunk):
-    """Moments of ``n`` estimates ``run(params, keys)``, ``chunk`` keys per call."""
-    keys = jax.random.split(jax.random.key(seed), n)
-    moments = Moments()
-    for start in range(0, n, chunk):
-        moments.add(jax.block_until_ready(run(params, keys[start : start + chunk])))
-    return moments
 
 
 def z_scores(a: Moments, b: Moments):
@@ -300,42 +270,32 @@ def report(quick: bool) -> str:
         "ratio to jax_scg plain score function",
         "µs / estimate",
     ]
-    device = jax.devices()[0]
     lines = [
-        "# Gradient-estimator variance: jax_scg and NumPyro's TraceGraph_ELBO",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, numpyro {numpyro.__version__}, scikit-learn "
-        f"{sklearn.__version__}, device {device.platform} / {device.device_kind}",
-        f"- {a.estimates} estimates per model A row, {b.estimates} per model B row; variance "
-        "is the mean over "
-        "coordinates of the per-coordinate variance of one estimate; the ratio is to the "
-        "first row of each model; µs / estimate from jit(vmap) over chunks of "
-        f"{a.chunk} (A) and {b.chunk} (B) keys, all rows of a model timed "
-        f"together in interleaved rounds (harness.time_interleaved), median of {a.repeats} (A) "
-        f"and {b.repeats} (B) rounds.",
-        *(f"- {note}" for note in notes_a + notes_b),
-        "",
+        report_header(
+            "Gradient-estimator variance: jax_scg and NumPyro's TraceGraph_ELBO",
+            False,
+            f"jax {jax.__version__}, numpyro {numpyro.__version__}, scikit-learn "
+            f"{sklearn.__version__}, device {device_description()}",
+            f"{a.estimates} estimates per model A row, {b.estimates} per model B row; variance "
+            "is the mean over "
+            "coordinates of the per-coordinate variance of one estimate; the ratio is to the "
+            "first row of each model; µs / estimate from jit(vmap) over chunks of "
+            f"{a.chunk} (A) and {b.chunk} (B) keys, all rows of a model timed "
+            f"together in interleaved rounds (harness.time_interleaved), median of {a.repeats} (A) "
+            f"and {b.repeats} (B) rounds.",
+            *notes_a,
+            *notes_b,
+        ),
         markdown_table(header, rows_a + rows_b),
     ]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = arg_parser(__doc__).parse_args(argv)
     text = report(args.quick)
     print(text)
-    device = jax.devices()[0]
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"variance_peers_{device.platform}.md",
-    )
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    write_report(args.out or results_path("variance_peers", jax.devices()[0].platform), text + "\n")
 
 
 if __name__ == "__main__":
