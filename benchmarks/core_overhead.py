@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/core_overhead.py            # full run, a few minutes on a laptop CPU
     python benchmarks/core_overhead.py --quick    # smoke test, tiny sizes (< 1 minute)
 
-Part 1 compares, for three models, ``jax.jit(jax.vmap(scg.grad(model), in_axes=(None, 0)))``
+Part 1 compares, for three models (from ``models.py``),
+``jax.jit(jax.vmap(scg.grad(model), in_axes=(None, 0)))``
 with ``jax.jit(jax.vmap(jax.grad(handwritten), in_axes=(None, 0)))``, where ``handwritten`` is
 the DiCE surrogate of the same model written by hand: same draws from the same keys, and every
 cost multiplied by the magic box of exactly the log-probabilities that ``scg`` assigns to it.

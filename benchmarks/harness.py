@@ -203,23 +203,33 @@ def hlo_opcode(line: str) -> str | None:
     return opcode
 
 
-def hlo_opcodes(hlo_text: str) -> Counter:
-    """Counts the opcodes of every instruction in every computation of an HLO module's text."""
-    counts: Counter = Counter()
-    depth = 0
-    for line in hlo_text.splitlines():
+def hlo_computations(text: str) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """Computation name -> [(instruction, opcode, called computations)]; "ENTRY" is the entry."""
+    comps: dict = {}
+    current = None
+    for line in text.splitlines():
         stripped = line.strip()
-        if depth == 0:
-            if stripped.endswith("{") and "->" in stripped:  # a computation's header
-                depth = 1
+        if current is None:
+            if stripped.endswith("{") and "->" in stripped:
+                name = stripped.split()[1] if stripped.startswith("ENTRY") else stripped.split()[0]
+                current = "ENTRY" if stripped.startswith("ENTRY") else name.lstrip("%")
+                comps[current] = []
             continue
         if stripped == "}":
-            depth = 0
+            current = None
             continue
         opcode = hlo_opcode(line)
-        if opcode is not None:
-            counts[opcode] += 1
-    return counts
+        if opcode is None:
+            continue
+        name = stripped.removeprefix("ROOT ").split(" = ")[0].lstrip("%")
+        calls = re.findall(r"(?:calls|body|condition|to_apply)=%?([\w.\-]+)", stripped)
+        comps[current].append((name, opcode, calls))
+    return comps
+
+
+def hlo_opcodes(hlo_text: str) -> Counter:
+    """Counts the opcodes of every instruction in every computation of an HLO module's text."""
+    return Counter(op for comp in hlo_computations(hlo_text).values() for _, op, _ in comp)
 
 
 def hlo_op_count(hlo_text: str) -> int:
@@ -331,16 +341,6 @@ def trace_compile_time(make_fn: Callable[[], Callable], *args, repeats: int = 5)
         fn = make_fn()
         start = time.perf_counter()
         jax.jit(fn).lower(*args).compile()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def time_call(fn: Callable, *args, repeats: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` (blocking on the result) over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 

@@ -18,11 +18,14 @@ and its data. The scripts import from here; ``peer_models.py`` is the peer suite
   ``variance.py``, ``sbn_ablation.py``, ``sbn_profile.py``), NumPyro's model and guide.
 * **walk**: the T-step random-walk rollout over 8 states (``peers.py`` model 3), exact by
   dynamic programming.
+* **toys** of ``variance.py``: the REBAR toy, a 16-step policy rollout, the 10-way
+  Categorical toy, each with its exact (or large Monte Carlo) gradient.
 * **LM and MLP** programs of growing size (``rewrite_time.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -640,6 +643,86 @@ def walk_exact(theta, steps):
 
     _, costs = lax.scan(body, jax.nn.one_hot(0, 8), None, length=steps)
     return costs.sum()
+
+
+# ------------------------------------------------------------------------------------------
+# Toys of variance.py (and, in torch, storchastic_rows.py): the REBAR toy, a 16-step policy
+# rollout with value baselines, the 10-way Categorical toy. storchastic_rows.py (torch, no JAX)
+# repeats these constants.
+
+REBAR_TARGETS = (0.45, 0.499)
+POLICY_THETA = (0.2, -0.5)
+
+
+def rebar_toy(t):
+    """(loss, exact objective, θ = 0) of E[(b − t)²], b ~ Bernoulli(σ(θ)) (Tucker et al.'s toy)."""
+
+    def loss(theta, key, estimator="score_function", baseline=None, name=None):
+        dist = D.Bernoulli(logits=theta)
+        b = scg.sample(key, dist, estimator=estimator, baseline=baseline, name=name)
+        return (b - t) ** 2
+
+    def exact(theta):
+        p = jax.nn.sigmoid(theta)
+        return p * (1 - t) ** 2 + (1 - p) * t**2
+
+    return loss, exact, jnp.asarray(0.0)
+
+
+POLICY_STEPS = 16
+
+
+def policy_rollout(theta, key, estimator="score_function", baseline=None):
+    """16 Bernoulli actions in ``lax.scan``, cost (a − s/2)² per step; ``baseline="value"``:
+    the hand-set value baseline V(s) = 0.8 s + 1."""
+
+    def body(state, k):
+        value = 0.8 * state + 1.0 if baseline == "value" else None
+        a = scg.sample(
+            k, D.Bernoulli(logits=theta[0] + theta[1] * state), estimator=estimator, baseline=value
+        )
+        return 0.7 * state + a, (a - 0.5 * state) ** 2
+
+    return lax.scan(body, 0.0, jax.random.split(key, POLICY_STEPS))[1].sum()
+
+
+def policy_rollout_reference(theta, n=200_000):
+    """The policy's gradient from a large score-function run with a value baseline."""
+    keys = jax.random.split(jax.random.key(12345), n)
+    grads = jax.jit(
+        jax.vmap(scg.grad(functools.partial(policy_rollout, baseline="value")), (None, 0))
+    )
+    g = np.asarray(grads(theta, keys))
+    return g.mean(0), g.std(0) / np.sqrt(n)
+
+
+def policy_rollout_with_critic(theta, psi, key):
+    """:func:`policy_rollout` with the linear value baseline ψ0 + ψ1 s (``critic_argnums=1``)."""
+
+    def body(state, k):
+        a = scg.sample(
+            k, D.Bernoulli(logits=theta[0] + theta[1] * state), baseline=psi[0] + psi[1] * state
+        )
+        return 0.7 * state + a, (a - 0.5 * state) ** 2
+
+    return lax.scan(body, 0.0, jax.random.split(key, POLICY_STEPS))[1].sum()
+
+
+CATEGORIES = 10
+CAT_WEIGHTS = jnp.arange(CATEGORIES) / (CATEGORIES - 1.0)
+CAT_TARGET = 0.45
+CAT_THETA = jnp.linspace(-1.0, 1.0, CATEGORIES)
+
+
+def categorical_toy(theta, key, estimator="score_function", name=None):
+    """E[(x·w − t)²], x ~ OneHotCategorical(logits=θ), 10 categories, w_i = i/9, t = 0.45."""
+    x = scg.sample(key, D.OneHotCategorical(logits=theta), estimator=estimator, name=name)
+    return (x @ CAT_WEIGHTS - CAT_TARGET) ** 2
+
+
+def categorical_exact(theta):
+    """The exact gradient by enumerating the 10 categories."""
+    return jax.grad(lambda t: jax.nn.softmax(t) @ (CAT_WEIGHTS - CAT_TARGET) ** 2)(theta)
 
 
 # ------------------------------------------------------------------------------------------

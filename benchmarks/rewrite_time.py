@@ -12,8 +12,8 @@ the same for two baselines of the same program, built fresh every time (no traci
   ``magic_box`` of the log-probabilities before it). For the MLP (pathwise Normal sites) it
   is the plain program.
 
-Three programs, at sizes from 10^2 to 10^5 equations (counted in the traced program, sub-
-programs included):
+Three programs (from ``models.py``), at sizes from 10^2 to 10^5 equations (counted in the
+traced program, sub-programs included):
 
 1. ``lm_scan``: a small transformer language model (2 heads, width 32, vocabulary 16)
    sampling 64 tokens in ``lax.scan``, a reward per token plus an entropy bonus; size grows

@@ -378,32 +378,6 @@ CATEGORIES = (
 )
 
 
-def hlo_computations(text: str) -> dict[str, list[tuple[str, str, list[str]]]]:
-    """Computation name -> [(instruction, opcode, called computations)]; "ENTRY" is the entry."""
-    import harness
-
-    comps: dict = {}
-    current = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if current is None:
-            if stripped.endswith("{") and "->" in stripped:
-                name = stripped.split()[1] if stripped.startswith("ENTRY") else stripped.split()[0]
-                current = "ENTRY" if stripped.startswith("ENTRY") else name.lstrip("%")
-                comps[current] = []
-            continue
-        if stripped == "}":
-            current = None
-            continue
-        opcode = harness.hlo_opcode(line)
-        if opcode is None:
-            continue
-        name = stripped.removeprefix("ROOT ").split(" = ")[0].lstrip("%")
-        calls = re.findall(r"(?:calls|body|condition|to_apply)=%?([\w.\-]+)", stripped)
-        comps[current].append((name, opcode, calls))
-    return comps
-
-
 #: A dot contracting its lhs's first axis and its rhs's second: both operands transposed.
 TRANSPOSED_DOT = r" dot\(.*lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{1\}"
 
@@ -450,7 +424,9 @@ def trace_durations(directory: str) -> dict[str, float]:
 def classify_jax(text: str, durations: dict, calls: int) -> dict:
     """Milliseconds per call by category of the thunks (the entry computation's instructions
     and those of the while loops' bodies), and the 8 largest."""
-    comps = hlo_computations(text)
+    import harness
+
+    comps = harness.hlo_computations(text)
 
     def reach(comp, seen):
         ops = set()

@@ -35,44 +35,23 @@ import peer_models
 import variance_peers
 from harness import markdown_table
 from jax import lax
+from models import (
+    CAT_TARGET,
+    CAT_THETA,
+    CAT_WEIGHTS,
+    CATEGORIES,
+    POLICY_STEPS,
+    POLICY_THETA,
+    REBAR_TARGETS,
+    categorical_exact,
+    categorical_toy,
+    policy_rollout,
+    policy_rollout_reference,
+    policy_rollout_with_critic,
+    rebar_toy,
+)
 
 import jax_scg as scg
-from jax_scg import distributions as D
-
-
-def rebar(t):
-    def loss(theta, key, estimator="score_function", baseline=None, name=None):
-        dist = D.Bernoulli(logits=theta)
-        b = scg.sample(key, dist, estimator=estimator, baseline=baseline, name=name)
-        return (b - t) ** 2
-
-    def exact(theta):
-        p = jax.nn.sigmoid(theta)
-        return p * (1 - t) ** 2 + (1 - p) * t**2
-
-    return loss, exact, jnp.asarray(0.0)
-
-
-STEPS = 16
-
-
-def rollout(theta, key, estimator="score_function", baseline=None):
-    def body(state, k):
-        value = 0.8 * state + 1.0 if baseline == "value" else None
-        a = scg.sample(
-            k, D.Bernoulli(logits=theta[0] + theta[1] * state), estimator=estimator, baseline=value
-        )
-        return 0.7 * state + a, (a - 0.5 * state) ** 2
-
-    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
-
-
-def rollout_exact_gradient(theta, n=200_000):
-    """The policy's gradient from a large score-function run with a value baseline."""
-    keys = jax.random.split(jax.random.key(12345), n)
-    grads = jax.jit(jax.vmap(scg.grad(functools.partial(rollout, baseline="value")), (None, 0)))
-    g = np.asarray(grads(theta, keys))
-    return g.mean(0), g.std(0) / np.sqrt(n)
 
 
 def learn_rebar_control(loss, theta, steps):
@@ -139,7 +118,7 @@ def learn_relax_control(loss, c, phi, theta, steps, seed=10):
 
 def learn_critic(theta, steps):
     """A linear value baseline V(s) = ψ0 + ψ1 s fitted with ``critic_argnums``."""
-    grads = jax.vmap(scg.grad(rollout_with_critic, critic_argnums=1), (None, None, 0))
+    grads = jax.vmap(scg.grad(policy_rollout_with_critic, critic_argnums=1), (None, None, 0))
     optimiser = optax.adam(0.05)
 
     @jax.jit
@@ -153,16 +132,6 @@ def learn_critic(theta, steps):
     for key in jax.random.split(jax.random.key(8), steps):
         psi, opt_state = step(psi, opt_state, key)
     return psi
-
-
-def rollout_with_critic(theta, psi, key):
-    def body(state, k):
-        a = scg.sample(
-            k, D.Bernoulli(logits=theta[0] + theta[1] * state), baseline=psi[0] + psi[1] * state
-        )
-        return 0.7 * state + a, (a - 0.5 * state) ** 2
-
-    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
 
 
 def estimate(fn, theta, n, seed):
@@ -204,23 +173,6 @@ def rows_for(name, variants, exact, theta, n, seed, deviations=None):
             ]
         )
     return rows
-
-
-CATEGORIES = 10
-CAT_WEIGHTS = jnp.arange(CATEGORIES) / (CATEGORIES - 1.0)
-CAT_TARGET = 0.45
-CAT_THETA = jnp.linspace(-1.0, 1.0, CATEGORIES)
-
-
-def categorical_toy(theta, key, estimator="score_function", name=None):
-    """E[(x·w − t)²], x ~ OneHotCategorical(logits=θ), 10 categories, w_i = i/9, t = 0.45."""
-    x = scg.sample(key, D.OneHotCategorical(logits=theta), estimator=estimator, name=name)
-    return (x @ CAT_WEIGHTS - CAT_TARGET) ** 2
-
-
-def categorical_exact(theta):
-    """The exact gradient by enumerating the 10 categories."""
-    return jax.grad(lambda t: jax.nn.softmax(t) @ (CAT_WEIGHTS - CAT_TARGET) ** 2)(theta)
 
 
 def categorical_relax_control():
@@ -1035,8 +987,8 @@ def main(argv=None):
     n = 2_000 if args.quick else 100_000
     rows = []
     relax_goal = []
-    for t in (0.45, 0.499):
-        loss, exact, theta = rebar(t)
+    for t in REBAR_TARGETS:
+        loss, exact, theta = rebar_toy(t)
         variants = [
             ("score function", scg.grad(loss)),
             ("score function, baseline 0.25", scg.grad(functools.partial(loss, baseline=0.25))),
@@ -1088,22 +1040,22 @@ def main(argv=None):
         for rebar_label in ("REBAR η=1, λ=0.5 (3 evaluations)", rebar_learned):
             r = harness.ratio_interval(relax, u[rebar_label])
             relax_goal.append((t, rebar_label, relax.mean(), u[rebar_label].mean(), r, r[2] < 1))
-    theta = jnp.array([0.2, -0.5])
-    reference, _ = rollout_exact_gradient(theta, n=20_000 if args.quick else 400_000)
+    theta = jnp.array(POLICY_THETA)
+    reference, _ = policy_rollout_reference(theta, n=20_000 if args.quick else 400_000)
     psi = learn_critic(theta, 20 if args.quick else 300)
     variants = [
-        ("score function (reward-to-go)", scg.grad(rollout)),
-        ("value baseline V(s)", scg.grad(functools.partial(rollout, baseline="value"))),
+        ("score function (reward-to-go)", scg.grad(policy_rollout)),
+        ("value baseline V(s)", scg.grad(functools.partial(policy_rollout, baseline="value"))),
         (
             "learned value baseline (critic_argnums)",
-            scg.grad(lambda t, k: rollout_with_critic(t, psi, k)),
+            scg.grad(lambda t, k: policy_rollout_with_critic(t, psi, k)),
         ),
         (
             "straight-through (biased)",
-            scg.grad(functools.partial(rollout, estimator="straight_through")),
+            scg.grad(functools.partial(policy_rollout, estimator="straight_through")),
         ),
     ]
-    rows += rows_for(f"policy rollout, {STEPS} steps", variants, reference, theta, n, seed=2)
+    rows += rows_for(f"policy rollout, {POLICY_STEPS} steps", variants, reference, theta, n, seed=2)
     header = [
         "model",
         "estimator",
