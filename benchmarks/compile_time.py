@@ -1,7 +1,7 @@
 """XLA compile time of unrolled programs: ``jit(scg.grad(f))`` against hand-written DiCE.
 
 The program is a Python loop of N Bernoulli sites in a chain with a cost per site
-(``core_overhead.chain_program``); the baseline is ``jax.grad`` of its hand-written DiCE
+(``models.chain_program``); the baseline is ``jax.grad`` of its hand-written DiCE
 surrogate (a running sum of log-probabilities, each cost times ``magic_box`` of it). Both are
 lowered first; only ``lowered.compile()`` is timed, on fresh functions, the two systems
 interleaved (order rotating), medians and the median per-round ratio reported.
@@ -9,8 +9,6 @@ interleaved (order rotating), medians and the median per-round ratio reported.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 
@@ -18,8 +16,8 @@ import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
-from core_overhead import chain_program
-from rewrite_time import report_header, write_report
+from models import chain_program
+from rewrite_time import report_header
 
 import jax_scg as scg
 
@@ -45,9 +43,7 @@ def compile_times(n: int, repeats: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument(
         "--max-sites", type=int, default=100, help="largest size run (200, 400: ~4x per doubling)"
     )
@@ -56,8 +52,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--sites", default=None, help="comma-separated sizes (default: all)")
     args = parser.parse_args(argv)
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = args.out or os.path.join(here, "results", f"compile_time_{harness.platform_name()}.md")
+    out = args.out or harness.results_path("compile_time")
     sizes, repeats = ([10, 25], 1) if args.quick else ([10, 25, 50, 100, 200, 400], args.repeats)
     sizes = [n for n in sizes if n <= args.max_sites]
     if args.sites:
@@ -74,7 +69,7 @@ def main(argv=None) -> int:
                 n,
                 f"{np.median(t['scg']) * 1e3:.0f}",
                 f"{np.median(t['hand']) * 1e3:.0f}",
-                f"{ratio:.2f} [{q25:.2f}, {q75:.2f}]",
+                harness.ratio_cell(ratio, q25, q75),
                 f"{ops['scg']} / {ops['hand']}",
                 rounds,
             ]
@@ -96,7 +91,7 @@ def main(argv=None) -> int:
             title="Compile time, chain of N Bernoulli sites, a cost per site (Python loop)",
         ),
     ]
-    write_report(out, text)
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

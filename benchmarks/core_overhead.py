@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/core_overhead.py            # full run, a few minutes on a laptop CPU
     python benchmarks/core_overhead.py --quick    # smoke test, tiny sizes (< 1 minute)
 
-Part 1 compares, for three models, ``jax.jit(jax.vmap(scg.grad(model), in_axes=(None, 0)))``
+Part 1 compares, for three models (from ``models.py``),
+``jax.jit(jax.vmap(scg.grad(model), in_axes=(None, 0)))``
 with ``jax.jit(jax.vmap(jax.grad(handwritten), in_axes=(None, 0)))``, where ``handwritten`` is
 the DiCE surrogate of the same model written by hand: same draws from the same keys, and every
 cost multiplied by the magic box of exactly the log-probabilities that ``scg`` assigns to it.
@@ -23,12 +24,8 @@ Results are printed as markdown and written to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,151 +33,30 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+from models import (  # noqa: E402
+    ROLLOUT_THETA,
+    SCALING_PROGRAMS,
+    bits_handwritten,
+    bits_model,
+    rollout_handwritten,
+    rollout_handwritten_carried,
+    rollout_model,
+    small_sbn_handwritten,
+    small_sbn_model,
+    small_sbn_params,
+)
 
 import jax_scg as scg  # noqa: E402
-from jax_scg import distributions as D  # noqa: E402
 
 # Targets (ratios are scg / hand-written).
 RUNTIME_TARGET = 1.02
 COMPILE_TARGET = 1.5
 # A fitted log-log slope up to this counts as linear scaling of the rewrite.
 LINEAR_SLOPE = 1.15
-
-
-# ------------------------------------------------------------------------------------------
-# Model a: one vector Bernoulli site, one cost node.
-
-BITS_WEIGHTS = jnp.linspace(-1.0, 1.0, 64)
-
-
-def bits_cost(x):
-    """A nonlinear function of the whole bit vector: one cost node."""
-    return jnp.log1p(jnp.square(jnp.dot(x, BITS_WEIGHTS) - 1.0))
-
-
-def bits_model(theta, key):
-    """64 independent Bernoulli bits drawn in one ``scg.sample`` call."""
-    x = scg.sample(key, D.Bernoulli(logits=theta))
-    return bits_cost(x)
-
-
-def bits_handwritten(theta, key):
-    """DiCE by hand: ``magic_box(sum of the bits' log-probabilities) * cost``."""
-    dist = D.Bernoulli(logits=theta)
-    x = lax.stop_gradient(dist.sample(key))
-    return scg.magic_box(jnp.sum(dist.log_prob(x))) * bits_cost(x)
-
-
-# ------------------------------------------------------------------------------------------
-# Model b: a policy rollout in lax.scan, per-step rewards, reward-to-go credit.
-
-
-def policy_logits(theta, state):
-    """Bernoulli policy: logits from the state and theta = (bias, linear, tanh weights)."""
-    return theta[0] + theta[1] * state + theta[2] * jnp.tanh(state)
-
-
-def env_step(state, action):
-    """Deterministic dynamics and reward of the toy environment."""
-    new_state = 0.9 * state + action - 0.5
-    return new_state, jnp.square(new_state - 1.0)
-
-
-def rollout_model(theta, key, steps):
-    """Rollout of ``steps`` Bernoulli actions; rewards stacked by the scan and summed."""
-
-    def body(state, k):
-        action = scg.sample(k, D.Bernoulli(logits=policy_logits(theta, state)))
-        return env_step(state, action)
-
-    _, rewards = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    return rewards.sum()
-
-
-def rollout_handwritten(theta, key, steps):
-    """Reward-to-go DiCE by hand: ``sum(magic_box(cumsum(log pi)) * rewards)``."""
-
-    def body(state, k):
-        dist = D.Bernoulli(logits=policy_logits(theta, state))
-        action = lax.stop_gradient(dist.sample(k))
-        state, reward = env_step(state, action)
-        return state, (dist.log_prob(action), reward)
-
-    _, (log_probs, rewards) = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    return jnp.sum(scg.magic_box(jnp.cumsum(log_probs)) * rewards)
-
-
-def rollout_handwritten_carried(theta, key, steps):
-    """Reward-to-go DiCE by hand, the running log-probability carried inside the scan."""
-
-    def body(carry, k):
-        state, tau = carry
-        dist = D.Bernoulli(logits=policy_logits(theta, state))
-        action = lax.stop_gradient(dist.sample(k))
-        state, reward = env_step(state, action)
-        tau = tau + dist.log_prob(action)
-        return (state, tau), scg.magic_box(tau) * reward
-
-    init = (jnp.zeros(()), jnp.zeros(()))
-    _, boxed_rewards = lax.scan(body, init, jax.random.split(key, steps))
-    return jnp.sum(boxed_rewards)
-
-
-# ------------------------------------------------------------------------------------------
-# Model c: a two-layer sigmoid belief net, two cost nodes with different influence sets.
-
-SBN_INPUT = jax.random.normal(jax.random.key(7), (32,))
-
-
-def sbn_params(key):
-    """Parameters of the sigmoid belief net (a dict pytree)."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {
-        "W1": 0.3 * jax.random.normal(k1, (16, 32)),
-        "b1": jnp.zeros(16),
-        "W2": 0.3 * jax.random.normal(k2, (8, 16)),
-        "b2": jnp.zeros(8),
-        "v": jax.random.normal(k3, (8,)),
-    }
-
-
-def sbn_layer1(theta):
-    return D.Bernoulli(logits=theta["W1"] @ SBN_INPUT + theta["b1"])
-
-
-def sbn_layer2(theta, z1):
-    return D.Bernoulli(logits=theta["W2"] @ z1 + theta["b2"])
-
-
-def sbn_costs(theta, z1, z2):
-    """(cost of z1 only, nonlinear cost of z2)."""
-    return jnp.square(jnp.mean(z1) - 0.5), jnp.log1p(jnp.square(theta["v"] @ z2 - 1.0))
-
-
-def sbn_model(theta, key):
-    """z1 ~ Bernoulli(W1 x + b1) (16 units), z2 ~ Bernoulli(W2 z1 + b2) (8 units)."""
-    k1, k2 = jax.random.split(key)
-    z1 = scg.sample(k1, sbn_layer1(theta))
-    z2 = scg.sample(k2, sbn_layer2(theta, z1))
-    cost1, cost2 = sbn_costs(theta, z1, z2)
-    return cost1 + cost2
-
-
-def sbn_handwritten(theta, key):
-    """DiCE by hand: ``magic_box(lp1) * cost1 + magic_box(lp1 + lp2) * cost2``."""
-    k1, k2 = jax.random.split(key)
-    d1 = sbn_layer1(theta)
-    z1 = lax.stop_gradient(d1.sample(k1))
-    d2 = sbn_layer2(theta, z1)
-    z2 = lax.stop_gradient(d2.sample(k2))
-    lp1, lp2 = jnp.sum(d1.log_prob(z1)), jnp.sum(d2.log_prob(z2))
-    cost1, cost2 = sbn_costs(theta, z1, z2)
-    return scg.magic_box(lp1) * cost1 + scg.magic_box(lp1 + lp2) * cost2
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,7 +83,7 @@ def make_cases(quick: bool) -> list[Case]:
     """The three models of part 1 (smaller batches and rollouts with ``quick``)."""
     steps = 8 if quick else 64
     n_bits, n_roll, n_sbn = (256, 64, 64) if quick else (4096, 1024, 1024)
-    rollout_theta = jnp.array([0.2, -0.4, 0.3])
+    rollout_theta = jnp.array(ROLLOUT_THETA)
     return [
         Case("a. vector Bernoulli (64 bits, 1 site)", bits_model, bits_handwritten,
              jnp.linspace(-0.5, 0.5, 64), n_bits),
@@ -217,8 +93,8 @@ def make_cases(quick: bool) -> list[Case]:
         Case(f"b'. scan rollout ({steps} steps), running sum in scan",
              _bind(rollout_model, steps=steps), _bind(rollout_handwritten_carried, steps=steps),
              rollout_theta, n_roll),
-        Case("c. sigmoid belief net (16 + 8 units)", sbn_model, sbn_handwritten,
-             sbn_params(jax.random.key(3)), n_sbn),
+        Case("c. sigmoid belief net (16 + 8 units)", small_sbn_model, small_sbn_handwritten,
+             small_sbn_params(jax.random.key(3)), n_sbn),
     ]  # fmt: skip
 
 
@@ -263,16 +139,12 @@ def check_same_estimates(case: Case, n: int = 4):
         _assert_tree_close(g_scg, g_hand, f"{case.name}: scg.grad != hand-written")
 
 
-def _fmt_ratio(x: float) -> str:
-    return f"{x:.3f}"
-
-
-def _fmt_count(x: float) -> str:
-    return "n/a" if np.isnan(x) else f"{x:,.0f}"
+def _count(x: float) -> str:
+    return harness.fmt(x, ",.0f", "n/a")
 
 
 def _met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
+    return harness.met(ok, "yes", "**no**")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,13 +190,13 @@ def overhead_rows(results: list[CaseResult]) -> list[list[str]]:
             [
                 r.name,
                 r.n_keys,
-                f"{_fmt_ratio(t.ratio)} [{_fmt_ratio(t.paired_q25)}, {_fmt_ratio(t.paired_q75)}]",
+                harness.timing_ratio(t, ".3f"),
                 _met(t.ratio <= RUNTIME_TARGET),
                 f"{s['scg'].op_count} / {s['hand'].op_count}",
-                f"{_fmt_count(s['scg'].flops)} / {_fmt_count(s['hand'].flops)}",
+                f"{_count(s['scg'].flops)} / {_count(s['hand'].flops)}",
                 _met(ops_equal and flops_equal),
                 "yes" if same_program else "no",
-                _fmt_ratio(compile_ratio),
+                f"{compile_ratio:.3f}",
                 _met(compile_ratio <= COMPILE_TARGET),
             ]
         )
@@ -344,7 +216,7 @@ def absolute_rows(results: list[CaseResult]) -> list[list[str]]:
                     f"{t.median_s * 1e3:.3f}",
                     f"{t.iqr_s * 1e3:.3f}",
                     f"{r.compile_s[name] * 1e3:.0f}",
-                    _fmt_count(r.stats[name].transcendentals),
+                    _count(r.stats[name].transcendentals),
                 ]
             )
     return rows
@@ -363,62 +235,6 @@ def opcode_diff_rows(results: list[CaseResult]) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------
 # Part 2: rewrite-time scaling
-
-
-def chain_program(n: int, per_site_costs: bool, handwritten: bool) -> Callable:
-    """A fresh function with ``n`` Bernoulli sites in a chain (logits from the previous draw).
-
-    Args:
-      n: the number of sites.
-      per_site_costs: a cost per site, summed (cost i is influenced by sites 1..i), or only
-        one cost of the last draw.
-      handwritten: the hand-written DiCE surrogate with the same credit assignment instead.
-    """
-
-    def fn(theta, key):
-        keys = jax.random.split(key, n)
-        x, tau, total = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-        for i in range(n):
-            dist = D.Bernoulli(logits=theta[0] + theta[1] * x)
-            if handwritten:
-                x = lax.stop_gradient(dist.sample(keys[i]))
-                tau = tau + dist.log_prob(x)
-            else:
-                x = scg.sample(keys[i], dist)
-            if per_site_costs:
-                cost = jnp.square(x - 0.3)
-                total = total + (scg.magic_box(tau) * cost if handwritten else cost)
-        if per_site_costs:
-            return total
-        cost = jnp.square(x - 0.3)
-        return scg.magic_box(tau) * cost if handwritten else cost
-
-    return fn
-
-
-def independent_program(n: int, handwritten: bool) -> Callable:
-    """A fresh function with ``n`` independent Bernoulli sites, each with its own summed cost."""
-
-    def fn(theta, key):
-        keys = jax.random.split(key, n)
-        total = jnp.zeros(())
-        for i in range(n):
-            dist = D.Bernoulli(logits=theta[0] + theta[1] * (i / n))
-            if handwritten:
-                x = lax.stop_gradient(dist.sample(keys[i]))
-                total = total + scg.magic_box(dist.log_prob(x)) * jnp.square(x - 0.3)
-            else:
-                total = total + jnp.square(scg.sample(keys[i], dist) - 0.3)
-        return total
-
-    return fn
-
-
-SCALING_PROGRAMS = {
-    "chain, one cost (of the last draw)": lambda n, hand: chain_program(n, False, hand),
-    "chain, a cost per site (summed)": lambda n, hand: chain_program(n, True, hand),
-    "independent, a cost per site (summed)": independent_program,
-}
 
 
 def rewrite_time(make_program: Callable[[], Callable], transform: Callable, repeats: int):
@@ -524,7 +340,7 @@ def scaling_rows(results) -> list[list[str]]:
                     f"{p.scg_s / p.n * 1e3:.2f}",
                     f"{p.hand_s * 1e3:.1f}",
                     f"{p.hand_s / p.n * 1e3:.2f}",
-                    _fmt_ratio(p.scg_s / p.hand_s),
+                    f"{p.scg_s / p.hand_s:.3f}",
                     f"{p.scg_eqns} / {p.hand_eqns}",
                 ]
             )
@@ -561,43 +377,6 @@ def slope_rows(results) -> list[list[str]]:
 # Main
 
 
-def library_revision() -> str:
-    """The git commit of the checkout that holds jax_scg, and whether jax_scg/ has edits."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(scg.__file__)))
-
-    def git(*args):
-        return subprocess.run(
-            ["git", "-C", root, *args], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-
-    try:
-        commit = git("log", "-1", "--format=%h %s").strip()
-        edited = git("status", "--porcelain", "--", "jax_scg").splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    if not edited:
-        return f"{commit} (jax_scg/ unmodified)"
-    files = ", ".join(line[3:] for line in edited)
-    return f"{commit} + uncommitted edits to {files}"
-
-
-def header(quick: bool) -> str:
-    device = jax.devices()[0]
-    return "\n".join(
-        [
-            "# jax_scg core overhead" + (" (--quick smoke run)" if quick else ""),
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- jax {jax.__version__}, jaxlib {jax.lib.__version__}, jax_scg {scg.__version__}",
-            f"- jax_scg revision: {library_revision()}",
-            f"- device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))",
-            f"- host: {platform.platform()}, python {platform.python_version()}, "
-            f"{os.cpu_count()} CPU(s)",
-            "",
-        ]
-    )
-
-
 NOTES = """\
 Ratios are scg / hand-written, measured side by side in this run. Runtime: median seconds per
 call of the jitted, vmapped gradient, the two systems timed in alternating rounds; the
@@ -623,25 +402,14 @@ as superlinear.
 """
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"core_overhead_{harness.platform_name()}.md",
-    )
+    args = harness.arg_parser(__doc__).parse_args(argv)
+    out = args.out or harness.results_path("core_overhead")
     repeats, compile_repeats, target_s = (5, 1, 0.005) if args.quick else (150, 5, 0.04)
     sizes = [4, 16] if args.quick else [10, 100, 300, 1000]
     scaling_repeats, budget_s = (1, 20.0) if args.quick else (3, 60.0)
 
-    text = [header(args.quick)]
+    text = [harness.environment_header("jax_scg core overhead", args.quick)]
     print(text[0], flush=True)
     cases = make_cases(args.quick)
     for case in cases:
@@ -723,10 +491,7 @@ def main(argv=None) -> int:
         )
     )
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(text))
-    print(f"wrote {out}")
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

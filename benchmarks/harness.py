@@ -14,20 +14,31 @@ Conventions:
   the bookkeeping opcodes in :data:`BOOKKEEPING_OPCODES`. The same rule is applied to every
   system.
 * **FLOPs** come from XLA's ``cost_analysis()`` of the compiled executable.
+
+It also holds what every script's report shares: the command line (:func:`arg_parser`), the
+header (:func:`report_header`), cell formats (:func:`ratio_cell`, :func:`fmt`, ...), Monte
+Carlo moments (:class:`Moments`), and :func:`write_report`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import datetime
 import gc
 import hashlib
+import os
+import platform
 import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: Opcodes not counted by :func:`hlo_op_count`: they move or name values, compute nothing.
 BOOKKEEPING_OPCODES = frozenset({"parameter", "constant", "tuple", "get-tuple-element"})
@@ -192,23 +203,33 @@ def hlo_opcode(line: str) -> str | None:
     return opcode
 
 
-def hlo_opcodes(hlo_text: str) -> Counter:
-    """Counts the opcodes of every instruction in every computation of an HLO module's text."""
-    counts: Counter = Counter()
-    depth = 0
-    for line in hlo_text.splitlines():
+def hlo_computations(text: str) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """Computation name -> [(instruction, opcode, called computations)]; "ENTRY" is the entry."""
+    comps: dict = {}
+    current = None
+    for line in text.splitlines():
         stripped = line.strip()
-        if depth == 0:
-            if stripped.endswith("{") and "->" in stripped:  # a computation's header
-                depth = 1
+        if current is None:
+            if stripped.endswith("{") and "->" in stripped:
+                name = stripped.split()[1] if stripped.startswith("ENTRY") else stripped.split()[0]
+                current = "ENTRY" if stripped.startswith("ENTRY") else name.lstrip("%")
+                comps[current] = []
             continue
         if stripped == "}":
-            depth = 0
+            current = None
             continue
         opcode = hlo_opcode(line)
-        if opcode is not None:
-            counts[opcode] += 1
-    return counts
+        if opcode is None:
+            continue
+        name = stripped.removeprefix("ROOT ").split(" = ")[0].lstrip("%")
+        calls = re.findall(r"(?:calls|body|condition|to_apply)=%?([\w.\-]+)", stripped)
+        comps[current].append((name, opcode, calls))
+    return comps
+
+
+def hlo_opcodes(hlo_text: str) -> Counter:
+    """Counts the opcodes of every instruction in every computation of an HLO module's text."""
+    return Counter(op for comp in hlo_computations(hlo_text).values() for _, op, _ in comp)
 
 
 def hlo_op_count(hlo_text: str) -> int:
@@ -324,16 +345,6 @@ def trace_compile_time(make_fn: Callable[[], Callable], *args, repeats: int = 5)
     return float(np.median(times))
 
 
-def time_call(fn: Callable, *args, repeats: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` (blocking on the result) over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def loglog_slope(sizes: Sequence[float], times: Sequence[float]) -> float:
     """Least-squares slope of log(time) against log(size): 1 is linear, 2 quadratic."""
     return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
@@ -379,3 +390,175 @@ def platform_name() -> str:
         return device.platform
     kind = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_")
     return f"{device.platform}_{kind}"
+
+
+def results_path(name: str, platform_: str | None = None) -> str:
+    """``benchmarks/results/<name>_<platform>.md``, by default with :func:`platform_name`."""
+    return os.path.join(HERE, "results", f"{name}_{platform_ or platform_name()}.md")
+
+
+def arg_parser(doc: str, out_help: str = "markdown output file") -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first line, with the flags ``--quick`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    parser.add_argument("--out", default=None, help=out_help)
+    return parser
+
+
+def write_report(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` (making its folder) and says so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}", flush=True)
+
+
+def now() -> str:
+    """The local time with its UTC offset, to the second (ISO 8601)."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def report_header(title: str, quick: bool, *lines: str) -> str:
+    """``# title`` (marked as a smoke run with ``quick``), the date, then one bullet a line."""
+    suffix = " (--quick smoke run)" if quick else ""
+    return "\n".join([f"# {title}{suffix}", "", f"- date: {now()}", *(f"- {x}" for x in lines), ""])
+
+
+def environment_lines() -> list[str]:
+    """Header lines: versions, the library's revision, the devices, the host."""
+    import jax_scg
+
+    device = jax.devices()[0]
+    return [
+        f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, jax_scg {jax_scg.__version__}",
+        f"jax_scg revision: {library_revision()}",
+        f"device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))",
+        f"host: {platform.platform()}, python {platform.python_version()}, {os.cpu_count()} CPU(s)",
+    ]
+
+
+def environment_header(title: str, quick: bool) -> str:
+    """:func:`report_header` with the :func:`environment_lines`."""
+    return report_header(title, quick, *environment_lines())
+
+
+def device_description() -> str:
+    """The first device, as ``platform / device kind``."""
+    device = jax.devices()[0]
+    return f"{device.platform} / {device.device_kind}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def library_revision() -> str:
+    """The git commit of the checkout that holds jax_scg, and whether jax_scg/ has edits."""
+    import jax_scg
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jax_scg.__file__)))
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+
+    try:
+        commit = git("log", "-1", "--format=%h %s").strip()
+        edited = git("status", "--porcelain", "--", "jax_scg").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    if not edited:
+        return f"{commit} (jax_scg/ unmodified)"
+    files = ", ".join(line[3:] for line in edited)
+    return f"{commit} + uncommitted edits to {files}"
+
+
+def ratio_cell(ratio: float, low: float, high: float, spec: str = ".2f") -> str:
+    """``ratio [low, high]``, each number formatted with ``spec``."""
+    return f"{ratio:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def timing_ratio(t: TimingSummary, spec: str = ".2f") -> str:
+    """A :class:`TimingSummary`'s ratio with the interquartile range of the per-round ratios."""
+    return ratio_cell(t.ratio, t.paired_q25, t.paired_q75, spec)
+
+
+def fmt(value, spec: str = ".3g", missing: str = "–") -> str:
+    """``format(value, spec)``, or ``missing`` for None and NaN."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def micro(seconds: float | None) -> str:
+    """Seconds as microseconds (4 significant digits), or "not run"."""
+    return "not run" if seconds is None else f"{seconds * 1e6:.4g}"
+
+
+def mib(x: float) -> str:
+    """Bytes as MiB with two decimals; "n/a" where XLA reports nothing."""
+    return "n/a" if not np.isfinite(x) else f"{x / 2**20:.2f}"
+
+
+def met(ok: bool, yes: str = "met", no: str = "**missed**") -> str:
+    """Whether a target is met, in words."""
+    return yes if ok else no
+
+
+# ------------------------------------------------------------------------------------------
+# Monte Carlo statistics
+
+
+class Moments:
+    """Running mean and sum of squared deviations per coordinate (Chan et al.'s merge), in
+    float64, of batches of estimates (one estimate per row)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, batch):
+        batch = np.asarray(batch, np.float64).reshape(batch.shape[0], -1)
+        n_b, mean_b = batch.shape[0], batch.mean(0)
+        m2_b = ((batch - mean_b) ** 2).sum(0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * n_b / n
+        self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / n
+        self.n = n
+
+    @property
+    def var(self):
+        return self.m2 / (self.n - 1)
+
+    @property
+    def se(self):
+        return np.sqrt(self.var / self.n)
+
+
+def estimate(run, params, n, seed, chunk):
+    """Moments of ``n`` estimates ``run(params, keys)``, ``chunk`` keys per call."""
+    keys = jax.random.split(jax.random.key(seed), n)
+    moments = Moments()
+    for start in range(0, n, chunk):
+        moments.add(jax.block_until_ready(run(params, keys[start : start + chunk])))
+    return moments
+
+
+def ratio_interval(u, v, z=1.96):
+    """mean(u) / mean(v) and its delta-method 95% interval, u and v paired per estimate."""
+    r = u.mean() / v.mean()
+    c = np.cov(u, v)
+    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / len(u)) / v.mean()
+    return r, r - z * se, r + z * se

@@ -35,7 +35,6 @@ Results are printed as markdown and written to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -51,7 +50,6 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from core_overhead import header as _header  # noqa: E402
 
 import jax_scg as scg  # noqa: E402
 from jax_scg import distributions as D  # noqa: E402
@@ -347,15 +345,6 @@ def measure(setting: Setting, lookaheads: int, ancestors: str) -> Result:
     return Result(lookaheads, timing, stats, memory, loops)
 
 
-def _ratio(t) -> str:
-    return f"{t.ratio:.2f} [{t.paired_q25:.2f}, {t.paired_q75:.2f}]"
-
-
-def _mib(x) -> str:
-    """MiB with two decimals; "n/a" where XLA reports nothing."""
-    return "n/a" if not np.isfinite(x) else f"{x / 2**20:.2f}"
-
-
 def ratio_rows(results: list[Result]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -363,8 +352,8 @@ def ratio_rows(results: list[Result]) -> list[list[str]]:
         rows.append(
             [
                 r.lookaheads,
-                _ratio(t["jax_scg"]),
-                _ratio(t["hand, naive"]),
+                harness.timing_ratio(t["jax_scg"]),
+                harness.timing_ratio(t["hand, naive"]),
                 f"{t['jax_scg'].median_s * 1e3:.1f}",
                 f"{t['hand, best'].median_s * 1e3:.1f}",
                 f"{t['hand, naive'].median_s * 1e3:.1f}",
@@ -384,8 +373,8 @@ def program_rows(results: list[Result]) -> list[list[str]]:
                     name,
                     f"{r.loops[name][1]} ({r.loops[name][0]})",
                     f"{s.op_count:,}",
-                    _mib(m["total"]),
-                    _mib(m["temp"]),
+                    harness.mib(m["total"]),
+                    harness.mib(m["temp"]),
                     f"{t.median_s * 1e3:.1f} ± {t.iqr_s * 1e3:.1f}",
                 ]
             )
@@ -422,24 +411,15 @@ not used: on CPU it reports a few hundred bytes).
 """
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", f"lola_{harness.platform_name()}.md"
-    )
+    args = harness.arg_parser(__doc__).parse_args(argv)
+    out = args.out or harness.results_path("lola")
     if args.quick:
         setting = Setting(steps=8, batch=4, lookaheads=(1,), repeats=3, target_s=0.005)
     else:
         setting = Setting(steps=150, batch=128, lookaheads=(1, 2, 3), repeats=40, target_s=0.1)
 
-    text = [_header(args.quick).replace("core overhead", "LOLA-DiCE update")]
+    text = [harness.environment_header("jax_scg LOLA-DiCE update", args.quick)]
     print(text[0], flush=True)
 
     ancestors = baseline_ancestors(setting)
@@ -498,10 +478,7 @@ def main(argv=None) -> int:
             title="Equality checks",
         )
     )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(text))
-    print(f"wrote {out}")
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

@@ -136,9 +136,7 @@ def rows(results: dict, steps: int, batch: int) -> list[list[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # internal: one compile
     args = parser.parse_args(argv)
     if args.one:
@@ -146,11 +144,7 @@ def main(argv=None) -> int:
         compile_one(system, int(lookaheads), int(steps), int(batch))
         return 0
     steps, batch, counts = (8, 4, (1,)) if args.quick else (150, 128, (1, 2, 3))
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"lola_memory_{harness.platform_name()}.md",
-    )
+    out = args.out or harness.results_path("lola_memory")
     results = {}
     for lookaheads in counts:
         results[lookaheads] = {s: measure(s, lookaheads, steps, batch) for s in SYSTEMS}
@@ -168,9 +162,7 @@ def main(argv=None) -> int:
         rows(results, steps, batch),
         title=f"LOLA-DiCE update memory at XLA's heap peak ({steps} rounds, batch {batch})",
     )
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    harness.write_report(out, text + "\n")
     return 0
 
 

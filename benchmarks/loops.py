@@ -13,7 +13,6 @@ PART_B_NOTES below say how each column is measured.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -26,11 +25,11 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import core_overhead  # noqa: E402
 import harness  # noqa: E402
-from core_overhead import (  # noqa: E402
-    env_step,
-    policy_logits,
+from models import (  # noqa: E402
+    ROLLOUT_THETA,
+    rollout_carried,
+    rollout_fissioned,
     rollout_handwritten,
     rollout_model,
 )
@@ -40,33 +39,6 @@ from jax_scg import distributions as D  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # Part A: one rollout, three derivatives, scg against two hand-written forms
-
-
-def rollout_carried(theta, key, steps):
-    """The rollout model with the running reward carried by the scan instead of stacked."""
-
-    def body(carry, k):
-        state, total = carry
-        action = scg.sample(k, D.Bernoulli(logits=policy_logits(theta, state)))
-        state, reward = env_step(state, action)
-        return (state, total + reward), None
-
-    (_, total), _ = lax.scan(body, (jnp.zeros(()), jnp.zeros(())), jax.random.split(key, steps))
-    return total
-
-
-def rollout_fissioned(theta, key, steps):
-    """Reward-to-go DiCE by hand, loop-fissioned: simulate in the scan, score after it."""
-
-    def body(state, k):
-        logits = policy_logits(lax.stop_gradient(theta), state)
-        action = jax.random.bernoulli(k, jax.nn.sigmoid(logits)).astype(state.dtype)
-        new_state, reward = env_step(state, action)
-        return new_state, (state, action, reward)
-
-    _, (states, actions, rewards) = lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))
-    log_probs = D.Bernoulli(logits=policy_logits(theta, states)).log_prob(actions)
-    return jnp.sum(scg.magic_box(jnp.cumsum(log_probs)) * rewards)
 
 
 def derivative(kind: str, fn, by_scg: bool):
@@ -122,10 +94,6 @@ def check_equal(fns: dict, args, rtol: float, what: str):
         np.testing.assert_allclose(out[name], ref, rtol=rtol, atol=atol, err_msg=f"{what}: {name}")
 
 
-def _ratio(t) -> str:
-    return f"{t.ratio:.2f} [{t.paired_q25:.2f}, {t.paired_q75:.2f}]"
-
-
 def _triple(stats, key, fmt="{}"):
     return " / ".join(fmt.format(stats[s][key]) for s in SYSTEMS)
 
@@ -133,7 +101,7 @@ def _triple(stats, key, fmt="{}"):
 def run_part_a(quick: bool) -> list[str]:
     steps, n_keys = (8, 64) if quick else (64, 1024)
     repeats, target_s = (5, 0.005) if quick else (60, 0.05)
-    theta = jnp.array([0.2, -0.4, 0.3])
+    theta = jnp.array(ROLLOUT_THETA)
     args = (theta, jax.random.split(jax.random.key(0), n_keys))
     bind = lambda fn: lambda th, k: fn(th, k, steps)  # noqa: E731
     models = {"stacked (`rewards.sum()`)": rollout_model, "running reward in the carry":
@@ -158,8 +126,8 @@ def run_part_a(quick: bool) -> list[str]:
             vs_fiss = harness.summarize(times, "fissioned")
             stats = {name: program_stats(c, steps) for name, c in compiled.items()}
             rows.append([
-                model_name, kind, _ratio(vs_fiss["scg"]),
-                _ratio(harness.summarize(times, "naive")["scg"]),
+                model_name, kind, harness.timing_ratio(vs_fiss["scg"]),
+                harness.timing_ratio(harness.summarize(times, "naive")["scg"]),
                 " / ".join(f"{vs_fiss[s].median_s * 1e3:.2f}" for s in SYSTEMS),
                 _triple(stats, "time loops"), _triple(stats, "while"), _triple(stats, "ops"),
                 _triple(stats, "MiB", "{:.2f}"),
@@ -181,7 +149,7 @@ Hessian `jax.hessian(scg.surrogate(model))` / `jax.hessian(hand)`; look-ahead gr
 gradient estimator and `outer` the surrogate (reverse over reverse). "fissioned": the scan
 samples with `stop_gradient(theta)` and stacks states, actions and rewards; logits,
 log-probabilities, `cumsum` and `magic_box` are computed after it, vectorised over time.
-"naive": core_overhead's `rollout_handwritten` (log-probabilities stacked by the scan, boxes
+"naive": models.py's `rollout_handwritten` (log-probabilities stacked by the scan, boxes
 after it). The same hand forms serve both scg models. The three estimates were checked equal
 before timing: for every key in float32 (rtol 1e-4; 1e-3 for the look-ahead gradient, whose
 entries reach 1e5 and differ by float32 rounding up to ~3e-4, so it is also checked in
@@ -358,25 +326,18 @@ difference per key: max |Δ| / max |g_hand| over coordinates.
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument("--part", choices=("A", "B"), default=None, help="run one part only")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", f"loops_{harness.platform_name()}.md"
-    )
-    title = "# jax_scg loops: derivatives through lax.scan, and batched environments"
-    text = [core_overhead.header(args.quick).replace("# jax_scg core overhead", title)]
+    out = args.out or harness.results_path("loops")
+    title = "jax_scg loops: derivatives through lax.scan, and batched environments"
+    text = [harness.environment_header(title, args.quick)]
     print(text[0], flush=True)
     if args.part in (None, "A"):
         text += run_part_a(args.quick)
     if args.part in (None, "B"):
         text += run_part_b(args.quick)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(text))
-    print(f"wrote {out}")
+    harness.write_report(out, "\n".join(text))
     return 0
 
 

@@ -27,9 +27,7 @@ how to make it and has the JAX rows only.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -48,8 +46,7 @@ import harness  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import peer_models  # noqa: E402
-from core_overhead import library_revision  # noqa: E402
-from variance_peers import Moments, estimate  # noqa: E402
+from harness import Moments, estimate, fmt, met, micro  # noqa: E402
 
 REFERENCE = "jax_scg"
 HAND = "hand-written JAX"
@@ -275,17 +272,6 @@ def find_row(rows: Sequence[Row], system: str) -> Row | None:
 
 # ------------------------------------------------------------------------------------------
 # Formatting
-
-
-def fmt(value, spec: str = ".3g", missing: str = "–") -> str:
-    """``format(value, spec)``, or ``missing`` for None and NaN."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return missing
-    return format(value, spec)
-
-
-def met(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 MODEL_HEADERS = [
@@ -544,11 +530,6 @@ def scaling_series(points: Sequence[dict], axis: str) -> dict[str, dict[int, flo
     return dict(sorted(series.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
-def micro(seconds: float | None) -> str:
-    """Seconds as microseconds (4 significant digits), or "not run"."""
-    return "not run" if seconds is None else f"{seconds * 1e6:.4g}"
-
-
 def scaling_table(points: Sequence[dict], axis: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: µs per estimate per size and system, then the fitted slopes."""
     series = scaling_series(points, axis)
@@ -714,18 +695,6 @@ def write_plots(rows: dict, points: Sequence[dict], directory: str) -> list[str]
 # Report
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def header(quick: bool, torch: TorchOutcome) -> str:
     import jaxlib
     import numpyro
@@ -739,20 +708,15 @@ def header(quick: bool, torch: TorchOutcome) -> str:
         if meta
         else "torch, pyro-ppl, storchastic: not run (see below)"
     )
-    return "\n".join(
-        [
-            "# Peer benchmarks: jax_scg, hand-written JAX, NumPyro, Pyro, Storchastic"
-            + (" (--quick smoke run)" if quick else ""),
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {cpu_model()}, {os.cpu_count()} cores; {platform.platform()}",
-            f"- JAX platform: {harness.platform_name()} ({device.device_kind})",
-            f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, numpyro "
-            f"{numpyro.__version__}, python {platform.python_version()}",
-            f"- {torch_versions}",
-            f"- jax_scg revision: {library_revision()}",
-            "",
-        ]
+    return harness.report_header(
+        "Peer benchmarks: jax_scg, hand-written JAX, NumPyro, Pyro, Storchastic",
+        quick,
+        f"machine: {harness.cpu_model()}, {os.cpu_count()} cores; {platform.platform()}",
+        f"JAX platform: {harness.platform_name()} ({device.device_kind})",
+        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, numpyro "
+        f"{numpyro.__version__}, python {platform.python_version()}",
+        torch_versions,
+        f"jax_scg revision: {harness.library_revision()}",
     )
 
 
@@ -886,9 +850,7 @@ def kept_sections(path: str) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown report (default RESULTS.md)")
+    parser = harness.arg_parser(__doc__, "markdown report (default RESULTS.md)")
     parser.add_argument("--plots", default=None, help="directory of the PNGs and the npz")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     parser.add_argument(
@@ -956,10 +918,8 @@ def main(argv=None) -> int:
     for path in write_plots(rows, points, plots):
         print(f"wrote {path}", flush=True)
     text += kept_sections(out)
-    with open(out, "w") as f:
-        f.write(text)
     print(text, flush=True)
-    print(f"wrote {out}", flush=True)
+    harness.write_report(out, text)
     return 0
 
 

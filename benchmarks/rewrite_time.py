@@ -12,8 +12,8 @@ the same for two baselines of the same program, built fresh every time (no traci
   ``magic_box`` of the log-probabilities before it). For the MLP (pathwise Normal sites) it
   is the plain program.
 
-Three programs, at sizes from 10^2 to 10^5 equations (counted in the traced program, sub-
-programs included):
+Three programs (from ``models.py``), at sizes from 10^2 to 10^5 equations (counted in the
+traced program, sub-programs included):
 
 1. ``lm_scan``: a small transformer language model (2 heads, width 32, vocabulary 16)
    sampling 64 tokens in ``lax.scan``, a reward per token plus an entropy bonus; size grows
@@ -28,10 +28,8 @@ Ratios are medians of interleaved repeats measured in this run. A per-pass profi
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import dataclasses
-import datetime
 import os
 import platform
 import pstats
@@ -41,136 +39,20 @@ from collections.abc import Callable
 
 import harness
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.extend import core as jex_core
+from models import (
+    TOKENS,
+    lm_params,
+    lm_scan,
+    lm_unrolled,
+    mlp,
+    mlp_params,
+    plain_draw,
+    program_grad,
+)
 
-import jax_scg as scg
-from jax_scg import distributions as D
-
-VOCAB, WIDTH, HEADS, TOKENS = 16, 32, 2, 64
-REWARD = np.linspace(-1.0, 1.0, VOCAB).astype(np.float32)
-ENTROPY_BONUS = 0.01
-MLP_WIDTH, MLP_NOISE = 16, 0.1
 SYSTEMS = ("scg", "plain", "dice")
-
-
-# ------------------------------------------------------------------------------------------
-# Programs. Each takes ``draw(key, logits_or_mean, kind)``: the site, or a baseline's draw.
-
-
-def lm_params(layers: int, tokens: int) -> dict:
-    keys = iter(jax.random.split(jax.random.key(0), 2 + 6 * layers))
-    init = lambda shape: 0.3 * jax.random.normal(next(keys), shape) / np.sqrt(shape[0])
-    blocks = [
-        {
-            n: init(s)
-            for n, s in [
-                ("q", (WIDTH, WIDTH)),
-                ("k", (WIDTH, WIDTH)),
-                ("v", (WIDTH, WIDTH)),
-                ("o", (WIDTH, WIDTH)),
-                ("up", (WIDTH, 4 * WIDTH)),
-                ("down", (4 * WIDTH, WIDTH)),
-            ]
-        }
-        for _ in range(layers)
-    ]
-    return {"embed": init((VOCAB, WIDTH)), "pos": init((tokens + 1, WIDTH)), "blocks": blocks}
-
-
-def _norm(x):
-    x = x - x.mean(-1, keepdims=True)
-    return x * lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-5)
-
-
-def lm_logits(params, buffer, t):
-    """Next-token logits at position ``t`` of the token buffer (causal attention)."""
-    n = buffer.shape[0]
-    x = params["embed"][buffer] + params["pos"]
-    causal = jnp.tril(jnp.ones((n, n), bool))
-    for block in params["blocks"]:
-        h = _norm(x)
-        q, k, v = (jnp.reshape(h @ block[w], (n, HEADS, -1)) for w in "qkv")
-        scores = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(WIDTH // HEADS)
-        attention = jax.nn.softmax(jnp.where(causal, scores, -1e9), axis=-1)
-        x = x + jnp.reshape(jnp.einsum("hqk,khd->qhd", attention, v), (n, WIDTH)) @ block["o"]
-        x = x + jax.nn.gelu(_norm(x) @ block["up"]) @ block["down"]
-    h = lax.dynamic_index_in_dim(_norm(x), t, keepdims=False)
-    return h @ params["embed"].T
-
-
-def _token_step(params, buffer, t, key, draw):
-    """One sampling step: the token at ``t + 1``, its cost, and its log-probability."""
-    logits = lm_logits(params, buffer, t)
-    token = draw(key, logits, "categorical")
-    log_p = jax.nn.log_softmax(logits)
-    entropy = -jnp.sum(jnp.exp(log_p) * log_p)
-    buffer = lax.dynamic_update_index_in_dim(buffer, token, t + 1, 0)
-    return buffer, (jnp.asarray(REWARD)[token], -ENTROPY_BONUS * entropy), log_p[token]
-
-
-def _dice_cost(tau_before, tau, reward, bonus, dice: bool):
-    """The step's cost; hand-written DiCE boxes the reward with every token up to this one,
-    the entropy bonus (computed before this token is drawn) with the earlier ones."""
-    if not dice:
-        return reward + bonus
-    return scg.magic_box(tau) * reward + scg.magic_box(tau_before) * bonus
-
-
-def lm_scan(params, key, draw, dice: bool = False):
-    tokens = params["pos"].shape[0] - 1
-
-    def step(carry, xs):
-        buffer, tau = carry
-        buffer, (reward, bonus), lp = _token_step(params, buffer, xs[0], xs[1], draw)
-        return (buffer, tau + lp), _dice_cost(tau, tau + lp, reward, bonus, dice)
-
-    init = (jnp.zeros(tokens + 1, jnp.int32), jnp.zeros(()))
-    _, costs = lax.scan(step, init, (jnp.arange(tokens), jax.random.split(key, tokens)))
-    return costs.sum()
-
-
-def lm_unrolled(params, key, draw, dice: bool = False):
-    tokens = params["pos"].shape[0] - 1
-    keys = jax.random.split(key, tokens)
-    buffer, tau, total = jnp.zeros(tokens + 1, jnp.int32), jnp.zeros(()), jnp.zeros(())
-    for t in range(tokens):
-        buffer, (reward, bonus), lp = _token_step(params, buffer, t, keys[t], draw)
-        total = total + _dice_cost(tau, tau + lp, reward, bonus, dice)
-        tau = tau + lp
-    return total
-
-
-def mlp_params(depth: int) -> dict:
-    keys = jax.random.split(jax.random.key(1), depth)
-    return {
-        "w": [jax.random.normal(k, (MLP_WIDTH, MLP_WIDTH)) / np.sqrt(MLP_WIDTH) for k in keys],
-        "b": [jnp.zeros(MLP_WIDTH) for _ in keys],
-    }
-
-
-def mlp(params, key, draw, dice: bool = False):
-    del dice  # pathwise sites: the hand-written surrogate is the plain program
-    keys = jax.random.split(key, len(params["w"]))
-    x = jnp.linspace(-1.0, 1.0, MLP_WIDTH)
-    for w, b, k in zip(params["w"], params["b"], keys):
-        x = draw(k, jnp.tanh(x @ w + b), "normal")
-    return jnp.sum(jnp.square(x - 0.5))
-
-
-def _dist(param, kind):
-    return D.Categorical(logits=param) if kind == "categorical" else D.Normal(param, MLP_NOISE)
-
-
-def scg_draw(key, param, kind):
-    return scg.sample(key, _dist(param, kind))
-
-
-def plain_draw(key, param, kind):
-    x = _dist(param, kind).sample(key)
-    return lax.stop_gradient(x) if kind == "categorical" else x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,14 +70,6 @@ PROGRAMS = {
     "lm_unrolled": Program("lm_unrolled", lm_unrolled, lambda n: lm_params(2, n), "tokens"),
     "mlp": Program("mlp", mlp, mlp_params, "layers"),
 }
-
-
-def fresh(program: Callable, system: str) -> Callable:
-    """A new, un-jitted gradient function of ``(params, key)`` for ``system``."""
-    if system == "scg":
-        return scg.grad(lambda params, key: program(params, key, scg_draw))
-    dice = system == "dice"
-    return jax.grad(lambda params, key: program(params, key, plain_draw, dice))
 
 
 def count_eqns(jaxpr) -> int:
@@ -220,7 +94,7 @@ def lower_times(program: Program, params, systems, repeats: int) -> dict[str, np
     for r in range(repeats):
         order = systems[r % len(systems) :] + systems[: r % len(systems)]
         for system in order:
-            fn = jax.jit(fresh(program.program, system))
+            fn = jax.jit(program_grad(program.program, system))
             start = time.perf_counter()
             fn.lower(params, key)
             times[system][r] = time.perf_counter() - start
@@ -261,7 +135,7 @@ def _passes() -> dict[str, tuple]:
 def pass_profile(program: Program, params) -> dict[str, float]:
     """Cumulative seconds per pass in one profiled ``scg.grad`` lowering; ``total`` is the
     profiled lowering, ``jax (autodiff + lowering)`` what no pass accounts for."""
-    fn = jax.jit(fresh(program.program, "scg"))
+    fn = jax.jit(program_grad(program.program, "scg"))
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
@@ -323,7 +197,7 @@ def _ratio_cell(p: Point, baseline: str) -> str:
     if baseline not in p.times:
         return "= plain"
     q25, q75 = np.percentile(p.times["scg"] / p.times[baseline], [25, 75])
-    return f"{p.ratio(baseline):.2f} [{q25:.2f}, {q75:.2f}]"
+    return harness.ratio_cell(p.ratio(baseline), q25, q75)
 
 
 def table_rows(points) -> list[list]:
@@ -393,30 +267,17 @@ time of each pass's functions; cProfile inflates Python-heavy code, so read them
 
 
 def report_header(title: str, quick: bool, repeats: int) -> str:
-    device = jax.devices()[0]
-    return "\n".join(
-        [
-            f"# {title}" + (" (--quick smoke run)" if quick else ""),
-            "",
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}, "
-            f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
-            "",
-        ]
+    """The header of this report and ``compile_time.py``'s."""
+    return harness.report_header(
+        title,
+        quick,
+        f"jax {jax.__version__}, device {harness.device_description()}, "
+        f"{platform.platform()}, {os.cpu_count()} CPU(s), {repeats} interleaved round(s)",
     )
 
 
-def write_report(path: str, parts) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
-    print(f"wrote {path}")
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", default=None, help="markdown output file")
+    parser = harness.arg_parser(__doc__)
     parser.add_argument("--plot", default=None, help="scaling plot (png)")
     parser.add_argument(
         "--sizes",
@@ -426,7 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
-    out = args.out or os.path.join(here, "results", f"rewrite_time_{harness.platform_name()}.md")
+    out = args.out or harness.results_path("rewrite_time")
     plot = args.plot or (
         None if args.quick else os.path.join(here, "results", "rewrite_time_scaling.png")
     )
@@ -476,7 +337,7 @@ def main(argv=None) -> int:
             title="Least-squares log-log slope of time vs equations, 10^3-10^5",
         )
     )
-    write_report(out, text)
+    harness.write_report(out, "\n".join(text))
     if plot:
         save_plot(points, plot)
     return 0

@@ -2,7 +2,7 @@
 
 ``python benchmarks/sbn_ablation.py [--quick]`` (needs numpyro and scikit-learn).
 
-The model and guide are those of ``variance_peers.py`` (model B: z2 (8) -> z1 (16) -> x (64)
+The model and guide are ``models.sbn_*`` (``variance_peers.py`` model B: z2 (8) -> z1 (16) -> x (64)
 on binarised digits, guide q(z1 | x) q(z2 | z1)). Write, per image, the ELBO's terms
 elementwise, each Bernoulli log-probability as ``value · logits − softplus(logits)``:
 
@@ -35,16 +35,13 @@ Writes ``benchmarks/results/sbn_ablation_<platform>.md``.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
-import os
 
+import harness
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
-import variance_peers as vp
-from harness import markdown_table
 from jax.flatten_util import ravel_pytree
 
 import jax_scg as scg
@@ -73,11 +70,11 @@ VARIANTS = [
     ("(4) no own log q in the cost", None, False, False, 0.0),
     ("(4a) no own log q, C for z1 and z2", None, True, True, 0.0),
     (
-        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(vp.Z1 - 1) * np.log(2):.2f} in z1's cost",
+        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(models.Z1 - 1) * np.log(2):.2f} in z1's cost",
         "element whole",
         False,
         False,
-        (vp.Z1 - 1) * float(np.log(2)),
+        (models.Z1 - 1) * float(np.log(2)),
     ),
 ]
 
@@ -128,7 +125,7 @@ def numpyro_draws(x, unravel):
     """The guide's draws of z1, z2 that TraceGraph_ELBO.loss(key, ...) makes for ``key``."""
     from numpyro import handlers
 
-    guide = vp.numpyro_guide_b(x)
+    guide = models.numpyro_sbn_guide(x)
 
     def draws(flat, key):
         _, guide_seed = jax.random.split(key)
@@ -141,8 +138,8 @@ def numpyro_draws(x, unravel):
 
 def estimators(x, unravel):
     draws = numpyro_draws(x, unravel)
-    loss = functools.partial(vp.scg_elbo_b, x=x, unravel=unravel)
-    numpyro_grad = vp.numpyro_grad_b(x, unravel)
+    loss = functools.partial(models.sbn_elbo, x=x, unravel=unravel)
+    numpyro_grad = models.numpyro_sbn_grad(x, unravel)
 
     def all_grads(flat, key):
         z1, z2 = draws(flat, key)
@@ -158,20 +155,10 @@ def estimators(x, unravel):
     return jax.jit(jax.vmap(all_grads, in_axes=(None, 0)))
 
 
-def ratio_interval(u, v, z=1.96):
-    """mean(u)/mean(v) with a delta-method 95% interval; u, v paired per-estimate values."""
-    n = len(u)
-    r = u.mean() / v.mean()
-    c = np.cov(u, v)
-    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / n) / v.mean()
-    return r, r - z * se, r + z * se
-
-
 def run(images, n, chunk, seed=2):
-    x = vp.digits(images)
-    flat, unravel = ravel_pytree(vp.sbn_params())
-    is_guide = {k: jnp.full(v.shape, k[0] in "Vc", bool) for k, v in vp.sbn_params().items()}
-    guide = np.asarray(ravel_pytree(is_guide)[0])
+    x = models.digits(images)
+    flat, unravel = ravel_pytree(models.sbn_params())
+    guide = models.sbn_guide_mask()
     labels = [SCG_ROW, NUMPYRO_ROW, *(v[0] for v in VARIANTS)]
     run_chunk = estimators(x, unravel)
 
@@ -213,17 +200,17 @@ def report(quick):
     for k in dev:
         u, g = dev[k], dev_guide[k]
         half = 1.96 * u.std(ddof=1) / np.sqrt(len(u))
-        r = ratio_interval(u, dev[base])
-        rp = ratio_interval(u, dev[peer])
-        rg = ratio_interval(g, dev_guide[base])
+        r = harness.ratio_interval(u, dev[base])
+        rp = harness.ratio_interval(u, dev[peer])
+        rg = harness.ratio_interval(g, dev_guide[base])
         rows.append(
             [
                 k,
                 f"{u.mean():.4g} ± {half:.2g}",
                 f"{g.mean():.4g}",
-                f"{r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]",
-                f"{rg[0]:.3f} [{rg[1]:.3f}, {rg[2]:.3f}]",
-                f"{rp[0]:.3f} [{rp[1]:.3f}, {rp[2]:.3f}]",
+                harness.ratio_cell(*r, ".3f"),
+                harness.ratio_cell(*rg, ".3f"),
+                harness.ratio_cell(*rp, ".3f"),
             ]
         )
     header = [
@@ -234,12 +221,12 @@ def report(quick):
         "guide coordinates: ratio to jax_scg [95%]",
         "ratio to NumPyro [95%]",
     ]
-    device = jax.devices()[0]
     lines = [
-        "# Sigmoid belief net: what makes NumPyro's TraceGraph_ELBO lower-variance (ablation)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, device {device.platform}; {images} digits, {n_all} "
+        harness.report_header(
+            "Sigmoid belief net: what makes NumPyro's TraceGraph_ELBO lower-variance (ablation)",
+            False,
+        ).rstrip("\n"),
+        f"- jax {jax.__version__}, device {jax.devices()[0].platform}; {images} digits, {n_all} "
         f"parameters ({n_guide} guide); {n} estimates per row, all rows on the same draws "
         "(NumPyro's, planted into jax_scg with scg.condition), so the ratios are paired.",
         "- variance: mean over coordinates of the per-coordinate variance of one estimate "
@@ -249,23 +236,22 @@ def report(quick):
         f"vs scg.grad {agree['jax_scg']:.1e}; hand-written NumPyro credit vs "
         f"TraceGraph_ELBO {agree['NumPyro']:.1e}.",
         "",
-        markdown_table(header, rows),
+        harness.markdown_table(header, rows),
     ]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = harness.arg_parser(
+        __doc__, "markdown output file (--quick: none by default)"
+    ).parse_args(argv)
     text = report(args.quick)
     print(text)
-    if args.quick:  # a smoke run: keep the full run's file
+    if args.quick and not args.out:  # a smoke run: keep the full run's file
         return
-    here = os.path.dirname(os.path.abspath(__file__))
-    name = f"sbn_ablation_{jax.devices()[0].platform}.md"
-    with open(os.path.join(here, "results", name), "w") as f:
-        f.write(text + "\n")
+    harness.write_report(
+        args.out or harness.results_path("sbn_ablation", jax.devices()[0].platform), text + "\n"
+    )
 
 
 if __name__ == "__main__":

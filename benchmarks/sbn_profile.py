@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import glob
 import gzip
 import json
@@ -165,39 +166,19 @@ def jax_worker(prng: str | None) -> None:
     import harness
     import jax
     import jax.numpy as jnp
+    import models
     import peer_models
 
     import jax_scg as scg
-    from jax_scg import distributions as D
 
     model = peer_models.make("sbn")  # θ is drawn with jax.random: before the PRNG changes
     theta = model.theta
     if prng:
         jax.config.update("jax_default_prng_impl", prng)
 
-    x, _, unravel = peer_models.sbn_inputs(model.size)
+    x, _, unravel = models.sbn_inputs(model.size)
 
-    def affine(z, w, b):
-        """``z @ w.T + b`` as one dot_general contracting w's dimension 1: no transpose of w."""
-        return jax.lax.dot_general(z, w, (((z.ndim - 1,), (1,)), ((), ()))) + b
-
-    def transpose_free_loss(flat, key):
-        """``variance_peers.scg_elbo_b`` with every ``z @ w.T`` written as :func:`affine`."""
-        p, (k1, k2) = unravel(flat), jax.random.split(key)
-
-        def site(k, logits, name):
-            return scg.sample_and_log_prob(
-                k, D.Bernoulli(logits=logits), detach_log_prob=True, name=name
-            )
-
-        z1, log_q1 = site(k1, affine(x, p["V1"], p["c1"]), "z1")
-        z2, log_q2 = site(k2, affine(z1, p["V2"], p["c2"]), "z2")
-        log_p = (
-            jnp.sum(D.Bernoulli(logits=jnp.zeros(z2.shape[-1])).log_prob(z2))
-            + jnp.sum(D.Bernoulli(logits=affine(z2, p["W2"], p["b2"])).log_prob(z1))
-            + jnp.sum(D.Bernoulli(logits=affine(z1, p["W1"], p["b1"])).log_prob(x))
-        )
-        return log_p - jnp.sum(log_q1) - jnp.sum(log_q2)
+    transpose_free_loss = functools.partial(models.sbn_elbo_transpose_free, x=x, unravel=unravel)
 
     def mean_of(loss):
         return lambda th, keys: jnp.mean(jax.vmap(loss, in_axes=(None, 0))(th, keys))
@@ -397,32 +378,6 @@ CATEGORIES = (
 )
 
 
-def hlo_computations(text: str) -> dict[str, list[tuple[str, str, list[str]]]]:
-    """Computation name -> [(instruction, opcode, called computations)]; "ENTRY" is the entry."""
-    import harness
-
-    comps: dict = {}
-    current = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if current is None:
-            if stripped.endswith("{") and "->" in stripped:
-                name = stripped.split()[1] if stripped.startswith("ENTRY") else stripped.split()[0]
-                current = "ENTRY" if stripped.startswith("ENTRY") else name.lstrip("%")
-                comps[current] = []
-            continue
-        if stripped == "}":
-            current = None
-            continue
-        opcode = harness.hlo_opcode(line)
-        if opcode is None:
-            continue
-        name = stripped.removeprefix("ROOT ").split(" = ")[0].lstrip("%")
-        calls = re.findall(r"(?:calls|body|condition|to_apply)=%?([\w.\-]+)", stripped)
-        comps[current].append((name, opcode, calls))
-    return comps
-
-
 #: A dot contracting its lhs's first axis and its rhs's second: both operands transposed.
 TRANSPOSED_DOT = r" dot\(.*lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{1\}"
 
@@ -469,7 +424,9 @@ def trace_durations(directory: str) -> dict[str, float]:
 def classify_jax(text: str, durations: dict, calls: int) -> dict:
     """Milliseconds per call by category of the thunks (the entry computation's instructions
     and those of the while loops' bodies), and the 8 largest."""
-    comps = hlo_computations(text)
+    import harness
+
+    comps = harness.hlo_computations(text)
 
     def reach(comp, seen):
         ops = set()

@@ -59,6 +59,8 @@ sys.setrecursionlimit(100_000)
 warnings.filterwarnings("ignore")  # create_graph=True reference-cycle warnings from REBAR/RELAX
 torch.set_default_dtype(torch.float32)
 
+# The toys' constants, as models.py has them for the JAX side (REBAR_TARGETS, POLICY_THETA,
+# POLICY_STEPS): this environment has no JAX.
 T_VALUES = (0.45, 0.499)
 ROLLOUT_THETA = (0.2, -0.5)
 STEPS = 16

@@ -16,8 +16,6 @@ goals of issue 13 with their verdicts. Writes ``benchmarks/results/variance_<pla
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
 import itertools
 import json
@@ -27,53 +25,33 @@ import subprocess
 import tempfile
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 import optax
 import peer_models
 import variance_peers
 from harness import markdown_table
 from jax import lax
-from jax.flatten_util import ravel_pytree
+from models import (
+    CAT_TARGET,
+    CAT_THETA,
+    CAT_WEIGHTS,
+    CATEGORIES,
+    POLICY_STEPS,
+    POLICY_THETA,
+    REBAR_TARGETS,
+    categorical_exact,
+    categorical_toy,
+    policy_rollout,
+    policy_rollout_reference,
+    policy_rollout_with_critic,
+    rebar_toy,
+)
 
 import jax_scg as scg
-from jax_scg import distributions as D
-
-
-def rebar(t):
-    def loss(theta, key, estimator="score_function", baseline=None, name=None):
-        dist = D.Bernoulli(logits=theta)
-        b = scg.sample(key, dist, estimator=estimator, baseline=baseline, name=name)
-        return (b - t) ** 2
-
-    def exact(theta):
-        p = jax.nn.sigmoid(theta)
-        return p * (1 - t) ** 2 + (1 - p) * t**2
-
-    return loss, exact, jnp.asarray(0.0)
-
-
-STEPS = 16
-
-
-def rollout(theta, key, estimator="score_function", baseline=None):
-    def body(state, k):
-        value = 0.8 * state + 1.0 if baseline == "value" else None
-        a = scg.sample(
-            k, D.Bernoulli(logits=theta[0] + theta[1] * state), estimator=estimator, baseline=value
-        )
-        return 0.7 * state + a, (a - 0.5 * state) ** 2
-
-    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
-
-
-def rollout_exact_gradient(theta, n=200_000):
-    """The policy's gradient from a large score-function run with a value baseline."""
-    keys = jax.random.split(jax.random.key(12345), n)
-    grads = jax.jit(jax.vmap(scg.grad(functools.partial(rollout, baseline="value")), (None, 0)))
-    g = np.asarray(grads(theta, keys))
-    return g.mean(0), g.std(0) / np.sqrt(n)
 
 
 def learn_rebar_control(loss, theta, steps):
@@ -140,7 +118,7 @@ def learn_relax_control(loss, c, phi, theta, steps, seed=10):
 
 def learn_critic(theta, steps):
     """A linear value baseline V(s) = ψ0 + ψ1 s fitted with ``critic_argnums``."""
-    grads = jax.vmap(scg.grad(rollout_with_critic, critic_argnums=1), (None, None, 0))
+    grads = jax.vmap(scg.grad(policy_rollout_with_critic, critic_argnums=1), (None, None, 0))
     optimiser = optax.adam(0.05)
 
     @jax.jit
@@ -154,16 +132,6 @@ def learn_critic(theta, steps):
     for key in jax.random.split(jax.random.key(8), steps):
         psi, opt_state = step(psi, opt_state, key)
     return psi
-
-
-def rollout_with_critic(theta, psi, key):
-    def body(state, k):
-        a = scg.sample(
-            k, D.Bernoulli(logits=theta[0] + theta[1] * state), baseline=psi[0] + psi[1] * state
-        )
-        return 0.7 * state + a, (a - 0.5 * state) ** 2
-
-    return lax.scan(body, 0.0, jax.random.split(key, STEPS))[1].sum()
 
 
 def estimate(fn, theta, n, seed):
@@ -207,23 +175,6 @@ def rows_for(name, variants, exact, theta, n, seed, deviations=None):
     return rows
 
 
-CATEGORIES = 10
-CAT_WEIGHTS = jnp.arange(CATEGORIES) / (CATEGORIES - 1.0)
-CAT_TARGET = 0.45
-CAT_THETA = jnp.linspace(-1.0, 1.0, CATEGORIES)
-
-
-def categorical_toy(theta, key, estimator="score_function", name=None):
-    """E[(x·w − t)²], x ~ OneHotCategorical(logits=θ), 10 categories, w_i = i/9, t = 0.45."""
-    x = scg.sample(key, D.OneHotCategorical(logits=theta), estimator=estimator, name=name)
-    return (x @ CAT_WEIGHTS - CAT_TARGET) ** 2
-
-
-def categorical_exact(theta):
-    """The exact gradient by enumerating the 10 categories."""
-    return jax.grad(lambda t: jax.nn.softmax(t) @ (CAT_WEIGHTS - CAT_TARGET) ** 2)(theta)
-
-
 def categorical_relax_control():
     """RELAX's c_φ for the Categorical toy: a scaled relaxed cost plus a small MLP of z.
 
@@ -250,14 +201,6 @@ def categorical_relax_control():
 def mean_of(grad, m):
     """The mean of ``m`` independent estimates (the score function at cost m)."""
     return lambda theta, key: jax.vmap(grad, (None, 0))(theta, jax.random.split(key, m)).mean(0)
-
-
-def ratio_interval(u, v, z=1.96):
-    """mean(u) / mean(v) and its delta-method 95% interval, u and v paired per estimate."""
-    r = u.mean() / v.mean()
-    c = np.cov(u, v)
-    se = np.sqrt(max(c[0, 0] - 2 * r * c[0, 1] + r * r * c[1, 1], 0.0) / len(u)) / v.mean()
-    return r, r - z * se, r + z * se
 
 
 def categorical_rows(n, seed=3, relax_steps=1000):
@@ -330,7 +273,7 @@ def categorical_rows(n, seed=3, relax_steps=1000):
     reference = results[0][4]
     rows = []
     for label, cost, cv, bias, u in results:
-        r = ratio_interval(u, reference)
+        r = harness.ratio_interval(u, reference)
         equal = [cost * x for x in r]  # the score function averaged over `cost` estimates
         rows.append(
             [
@@ -548,10 +491,7 @@ def sbn_rows(quick, seed=4, chunk=250):
     # The moving average: warm-up keys from seed 98 (no measured row's seed), then the
     # measured keys of the rows above, one after another.
     warmup_keys = jax.random.split(jax.random.key(98), ma_warmup)
-    is_guide = {
-        k: jnp.full(v.shape, k[0] in "Vc", bool) for k, v in variance_peers.sbn_params().items()
-    }
-    guide = np.asarray(ravel_pytree(is_guide)[0])
+    guide = models.sbn_guide_mask()
     assert guide.shape == flat.shape
     for decay in MA_DECAYS:
         start = time.perf_counter()
@@ -614,7 +554,7 @@ def independent_ratio(a, sa, b, sb, z=1.96):
 
 
 def fmt_ratio(r):
-    return f"{r[0]:.3g} [{r[1]:.3g}, {r[2]:.3g}]"
+    return harness.ratio_cell(*r, ".3g")
 
 
 def storchastic_section(result, jax_categorical, us_exact) -> list:
@@ -1036,9 +976,7 @@ def ablation_section(platform: str) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
+    parser = harness.arg_parser(__doc__)
     parser.add_argument(
         "--storchastic-json",
         default=None,
@@ -1049,8 +987,8 @@ def main(argv=None):
     n = 2_000 if args.quick else 100_000
     rows = []
     relax_goal = []
-    for t in (0.45, 0.499):
-        loss, exact, theta = rebar(t)
+    for t in REBAR_TARGETS:
+        loss, exact, theta = rebar_toy(t)
         variants = [
             ("score function", scg.grad(loss)),
             ("score function, baseline 0.25", scg.grad(functools.partial(loss, baseline=0.25))),
@@ -1100,24 +1038,24 @@ def main(argv=None):
         rows += rows_for(f"REBAR toy t={t}", variants, exact_grad, theta, n, seed=1, deviations=u)
         relax = u["RELAX learned c_φ (relaxed cost + MLP of z)"]
         for rebar_label in ("REBAR η=1, λ=0.5 (3 evaluations)", rebar_learned):
-            r = ratio_interval(relax, u[rebar_label])
+            r = harness.ratio_interval(relax, u[rebar_label])
             relax_goal.append((t, rebar_label, relax.mean(), u[rebar_label].mean(), r, r[2] < 1))
-    theta = jnp.array([0.2, -0.5])
-    reference, _ = rollout_exact_gradient(theta, n=20_000 if args.quick else 400_000)
+    theta = jnp.array(POLICY_THETA)
+    reference, _ = policy_rollout_reference(theta, n=20_000 if args.quick else 400_000)
     psi = learn_critic(theta, 20 if args.quick else 300)
     variants = [
-        ("score function (reward-to-go)", scg.grad(rollout)),
-        ("value baseline V(s)", scg.grad(functools.partial(rollout, baseline="value"))),
+        ("score function (reward-to-go)", scg.grad(policy_rollout)),
+        ("value baseline V(s)", scg.grad(functools.partial(policy_rollout, baseline="value"))),
         (
             "learned value baseline (critic_argnums)",
-            scg.grad(lambda t, k: rollout_with_critic(t, psi, k)),
+            scg.grad(lambda t, k: policy_rollout_with_critic(t, psi, k)),
         ),
         (
             "straight-through (biased)",
-            scg.grad(functools.partial(rollout, estimator="straight_through")),
+            scg.grad(functools.partial(policy_rollout, estimator="straight_through")),
         ),
     ]
-    rows += rows_for(f"policy rollout, {STEPS} steps", variants, reference, theta, n, seed=2)
+    rows += rows_for(f"policy rollout, {POLICY_STEPS} steps", variants, reference, theta, n, seed=2)
     header = [
         "model",
         "estimator",
@@ -1130,13 +1068,13 @@ def main(argv=None):
     ]
     device = jax.devices()[0]
     lines = [
-        "# jax_scg estimator variance",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, device {device.platform} / {device.device_kind}",
-        f"- {n} estimates per row; the policy's reference gradient is itself a Monte Carlo mean"
-        " (400k estimates with a value baseline), so its bias column has that noise too.",
-        "",
+        harness.report_header(
+            "jax_scg estimator variance",
+            False,
+            f"jax {jax.__version__}, device {harness.device_description()}",
+            f"{n} estimates per row; the policy's reference gradient is itself a Monte Carlo mean"
+            " (400k estimates with a value baseline), so its bias column has that noise too.",
+        ),
         markdown_table(header, rows),
     ]
     cat_header, cat_rows, cat_summary = categorical_rows(n, relax_steps=50 if args.quick else 1000)
@@ -1183,11 +1121,7 @@ def main(argv=None):
     lines += goals(result, cat_summary, us_exact, sbn_goal, relax_goal)
     text = "\n".join(lines)
     print(text)
-    out = args.out or os.path.join(
-        os.path.dirname(__file__), "results", f"variance_{device.platform}.md"
-    )
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    harness.write_report(args.out or harness.results_path("variance", device.platform), text + "\n")
 
 
 if __name__ == "__main__":

@@ -23,23 +23,41 @@ all rows of a model timed in interleaved rounds, median over rounds, for both sy
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import functools
 import importlib.util
-import math
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import markdown_table, time_interleaved
+from harness import (
+    Moments,
+    arg_parser,
+    device_description,
+    estimate,
+    markdown_table,
+    report_header,
+    results_path,
+    time_interleaved,
+    write_report,
+)
 from jax.flatten_util import ravel_pytree
+from models import (
+    POINTS,
+    digits,
+    elbo_data,
+    elbo_exact,
+    elbo_exact_variances,
+    elbo_loss,
+    numpyro_elbo_grad,
+    numpyro_sbn_grad,
+    sbn_elbo,
+    sbn_guide_mask,
+    sbn_params,
+)
 
 import jax_scg as scg
-from jax_scg import distributions as D
 
 # ------------------------------------------------------------------------------------------
 # Monte Carlo statistics, accumulated over chunks of keys in float64
@@ -61,43 +79,6 @@ FULL = {
     "images": 64,
     "warmup": 2_000,
 }
-
-
-class Moments:
-    """Running mean and sum of squared deviations per coordinate (Chan et al.'s merge)."""
-
-    def __init__(self):
-        self.n, self.mean, self.m2 = 0, None, None
-
-    def add(self, batch):
-        batch = np.asarray(batch, np.float64).reshape(batch.shape[0], -1)
-        n_b, mean_b = batch.shape[0], batch.mean(0)
-        m2_b = ((batch - mean_b) ** 2).sum(0)
-        if self.n == 0:
-            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
-            return
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / n
-        self.n = n
-
-    @property
-    def var(self):
-        return self.m2 / (self.n - 1)
-
-    @property
-    def se(self):
-        return np.sqrt(self.var / self.n)
-
-
-def estimate(run, params, n, seed, chunk):
-    """Moments of ``n`` estimates ``run(params, keys)``, ``chunk`` keys per call."""
-    keys = jax.random.split(jax.random.key(seed), n)
-    moments = Moments()
-    for start in range(0, n, chunk):
-        moments.add(jax.block_until_ready(run(params, keys[start : start + chunk])))
-    return moments
 
 
 def z_scores(a: Moments, b: Moments):
@@ -139,112 +120,11 @@ def table_rows(model, variants, params, size, seed, exact=None):
 # ------------------------------------------------------------------------------------------
 # Model A: 256 independent Bernoulli latents, exact gradient by enumeration per point
 
-POINTS = 256
-LOG_HALF = math.log(0.5)
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def model_a_data():
-    """The data of tests/test_elbo.py: x_i = ±1 + Normal(0, 1) noise, fixed seeds."""
-    data = 2.0 * jax.random.bernoulli(jax.random.key(2024), 0.5, (POINTS,)) - 1.0
-    return data + jax.random.normal(jax.random.key(2025), (POINTS,))
-
-
-def _log_joint_a(data, z):
-    """log p(z_i) + log p(x_i | z_i) per point."""
-    return LOG_HALF - 0.5 * (data - (2.0 * z - 1.0)) ** 2 - HALF_LOG_2PI
-
-
-def scg_elbo_a(phi, key, data, detach=True, one_node=False, estimator="auto"):
-    q = D.Bernoulli(logits=phi)
-    z, log_q = scg.sample_and_log_prob(key, q, detach_log_prob=detach, estimator=estimator)
-    terms = _log_joint_a(data, z) - log_q
-    if one_node:
-        # A product with a value every z_i reaches makes each term one cost node that every
-        # z_i influences (numerically ×1): the whole ELBO times the score of all of z.
-        terms = terms * (1.0 + 0.0 * jnp.sum(z))
-    return jnp.sum(terms)
-
-
-def elbo_exact_a(phi, data):
-    q = jax.nn.sigmoid(phi)
-    log_q1, log_q0 = jax.nn.log_sigmoid(phi), jax.nn.log_sigmoid(-phi)
-    one, zero = _log_joint_a(data, 1.0) - log_q1, _log_joint_a(data, 0.0) - log_q0
-    return jnp.sum(q * one + (1 - q) * zero)
-
-
-def exact_variances_a(data):
-    """Exact mean per-coordinate variances at φ = 0 (q = 1/2), by enumerating z_i.
-
-    Coordinate i of a per-point estimator is (z_i - 1/2) (c_i(z_i) + offset), minus the
-    direct derivative z_i - 1/2 of log q when it is kept; c_i(z) = -(x_i - (2z - 1))² / 2.
-    jax_scg's costs hold only the summands z_i reaches (offset 0); NumPyro's per-point cost
-    also holds the constants log p(z_i) - log q(z_i) - ½ log 2π. The one-node estimator is
-    (z_i - 1/2) E(z), E the whole ELBO with its constants.
-    """
-    data = np.asarray(data, np.float64)
-    cost = {z: -0.5 * (data - (2.0 * z - 1.0)) ** 2 for z in (0.0, 1.0)}
-
-    def per_point(offset, kept):
-        g = {z: (z - 0.5) * (cost[z] + offset - (1.0 if kept else 0.0)) for z in (0.0, 1.0)}
-        mean = 0.5 * (g[0.0] + g[1.0])
-        return float((0.5 * ((g[0.0] - mean) ** 2 + (g[1.0] - mean) ** 2)).mean())
-
-    constants = LOG_HALF - HALF_LOG_2PI - LOG_HALF  # log p(z) - ½ log 2π - log q(z), at q = ½
-    term = {z: cost[z] + constants for z in (0.0, 1.0)}
-    mean_term = 0.5 * (term[0.0] + term[1.0])
-    total_second_moment = float(
-        (0.5 * ((term[0.0] - mean_term) ** 2 + (term[1.0] - mean_term) ** 2)).sum()
-        + mean_term.sum() ** 2
-    )
-    one_node = 0.25 * total_second_moment - (0.25 * (term[1.0] - term[0.0])) ** 2
-    return {
-        "jax_scg detached": per_point(0.0, False),
-        "jax_scg log q kept": per_point(0.0, True),
-        "jax_scg / NumPyro one node": float(one_node.mean()),
-        "NumPyro plate": per_point(constants, False),
-    }
-
-
-def numpyro_grad_a(data, plate=True):
-    """The ELBO gradient estimate of NumPyro's TraceGraph_ELBO for model A."""
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.infer import TraceGraph_ELBO
-
-    def model(x):
-        if plate:
-            with numpyro.plate("points", POINTS):
-                z = numpyro.sample("z", dist.Bernoulli(probs=0.5))
-                numpyro.sample("x", dist.Normal(2.0 * z - 1.0, 1.0), obs=x)
-        else:
-            z = numpyro.sample("z", dist.Bernoulli(probs=jnp.full(POINTS, 0.5)).to_event(1))
-            numpyro.sample("x", dist.Normal(2.0 * z - 1.0, 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        phi = numpyro.param("phi", jnp.zeros(POINTS))
-        # probs=, not logits=: NumPyro 0.22's Bernoulli(logits=) log-prob gradient is wrong
-        # at logits exactly 0 (the subgradient of its clip/abs at 0), and φ = 0 here.
-        q = dist.Bernoulli(probs=jax.nn.sigmoid(phi))
-        if plate:
-            with numpyro.plate("points", POINTS):
-                numpyro.sample("z", q)
-        else:
-            numpyro.sample("z", q.to_event(1))
-
-    elbo = TraceGraph_ELBO()
-
-    def grad(phi, key):
-        negative = lambda p: elbo.loss(key, {"phi": p}, model, guide, data)
-        return -jax.grad(negative)(phi)
-
-    return grad
-
 
 def model_a(size):
-    data = model_a_data()
+    data = elbo_data()
     phi = jnp.zeros(POINTS)
-    elbo = functools.partial(scg_elbo_a, data=data)
+    elbo = functools.partial(elbo_loss, data=data)
     variants = [
         ("jax_scg, detach_log_prob=True (per-element credit)", scg.grad(elbo)),
         (
@@ -258,14 +138,14 @@ def model_a(size):
         # More jax_scg estimators go here, one line each, e.g.
         # ("jax_scg, DisARM", scg.grad(functools.partial(elbo, estimator="disarm"))),
         # (at φ = 0 DisARM's antithetic pair always differs: its variance is exactly 0 here)
-        ("NumPyro TraceGraph_ELBO, plate over points", numpyro_grad_a(data, plate=True)),
-        ("NumPyro TraceGraph_ELBO, no plate (.to_event(1))", numpyro_grad_a(data, plate=False)),
+        ("NumPyro TraceGraph_ELBO, plate over points", numpyro_elbo_grad(data, plate=True)),
+        ("NumPyro TraceGraph_ELBO, no plate (.to_event(1))", numpyro_elbo_grad(data, plate=False)),
     ]
-    exact = np.asarray(jax.grad(elbo_exact_a)(phi, data), np.float64)
+    exact = np.asarray(jax.grad(elbo_exact)(phi, data), np.float64)
     rows, _ = table_rows(f"A: {POINTS} Bernoulli latents", variants, phi, size, 1, exact)
     notes = [
         "Model A exact mean per-coordinate variances (enumeration at φ = 0): "
-        + ", ".join(f"{k} {v:.4g}" for k, v in exact_variances_a(data).items())
+        + ", ".join(f"{k} {v:.4g}" for k, v in elbo_exact_variances(data).items())
         + ". NumPyro's per-point downstream cost also holds the constants "
         "log p(z_i) − log q(z_i) − ½ log 2π, which jax_scg's per-cost causality leaves out "
         "(they are cost nodes no site influences); the means agree."
@@ -275,63 +155,6 @@ def model_a(size):
 
 # ------------------------------------------------------------------------------------------
 # Model B: a two-layer sigmoid belief net on binarised digits (no closed form)
-
-Z1, Z2, PIXELS = 16, 8, 64
-
-
-def digits(count):
-    """The first ``count`` scikit-learn digits, 8×8, binarised at pixel > 7."""
-    from sklearn.datasets import load_digits
-
-    return jnp.asarray(load_digits().data[:count] > 7, jnp.float32)
-
-
-def sbn_params():
-    """Fixed initial parameters, Normal(0, 0.1²): guide (V1, c1, V2, c2), model (W2, b2, W1, b1)."""
-    shapes = {
-        "V1": (Z1, PIXELS), "c1": (Z1,), "V2": (Z2, Z1), "c2": (Z2,),
-        "W2": (Z1, Z2), "b2": (Z1,), "W1": (PIXELS, Z1), "b1": (PIXELS,),
-    }  # fmt: skip
-    keys = jax.random.split(jax.random.key(31), len(shapes))
-    return {
-        name: 0.1 * jax.random.normal(k, shape) for k, (name, shape) in zip(keys, shapes.items())
-    }
-
-
-def _affine(z, w, b, matmul):
-    """z @ w.T + b, or the same as a broadcast product summed over the input axis; in both
-    forms jax_scg's per-element credit follows the image axis (as a plate would)."""
-    if matmul:
-        return z @ w.T + b
-    return jnp.sum(z[:, None, :] * w, axis=-1) + b
-
-
-def scg_elbo_b(flat, key, x, unravel, matmul=True, baselines=None, estimator="auto"):
-    p = unravel(flat)
-    baselines = baselines or {}
-    k1, k2 = jax.random.split(key)
-    z1, log_q1 = scg.sample_and_log_prob(
-        k1,
-        D.Bernoulli(logits=x @ p["V1"].T + p["c1"]),
-        detach_log_prob=True,
-        estimator=estimator,
-        baseline=baselines.get("z1"),
-        name="z1",
-    )
-    z2, log_q2 = scg.sample_and_log_prob(
-        k2,
-        D.Bernoulli(logits=_affine(z1, p["V2"], p["c2"], matmul)),
-        detach_log_prob=True,
-        estimator=estimator,
-        baseline=baselines.get("z2"),
-        name="z2",
-    )
-    log_p = (
-        jnp.sum(D.Bernoulli(logits=jnp.zeros(Z2)).log_prob(z2))
-        + jnp.sum(D.Bernoulli(logits=_affine(z2, p["W2"], p["b2"], matmul)).log_prob(z1))
-        + jnp.sum(D.Bernoulli(logits=_affine(z1, p["W1"], p["b1"], matmul)).log_prob(x))
-    )
-    return log_p - jnp.sum(log_q1) - jnp.sum(log_q2)
 
 
 def warmup_baselines(loss, flat, n, seed, chunk):
@@ -348,57 +171,6 @@ def warmup_baselines(loss, flat, n, seed, chunk):
     return {k: jnp.asarray(v / n, jnp.float32) for k, v in sums.items()}
 
 
-def numpyro_model_b(x):
-    """The sigmoid belief net as a NumPyro model, plate over images."""
-    import numpyro
-    import numpyro.distributions as dist
-
-    images = x.shape[0]
-    init = sbn_params()  # start values only: the loss substitutes the flat vector's
-
-    def model(x):
-        w2, b2 = numpyro.param("W2", init["W2"]), numpyro.param("b2", init["b2"])
-        w1, b1 = numpyro.param("W1", init["W1"]), numpyro.param("b1", init["b1"])
-        with numpyro.plate("images", images):
-            z2 = numpyro.sample("z2", dist.Bernoulli(probs=jnp.full(Z2, 0.5)).to_event(1))
-            z1 = numpyro.sample("z1", dist.Bernoulli(logits=z2 @ w2.T + b2).to_event(1))
-            numpyro.sample("x", dist.Bernoulli(logits=z1 @ w1.T + b1).to_event(1), obs=x)
-
-    return model
-
-
-def numpyro_guide_b(x):
-    """The guide q(z1 | x) q(z2 | z1) as a NumPyro guide, plate over images."""
-    import numpyro
-    import numpyro.distributions as dist
-
-    images = x.shape[0]
-    init = sbn_params()
-
-    def guide(x):
-        v1, c1 = numpyro.param("V1", init["V1"]), numpyro.param("c1", init["c1"])
-        v2, c2 = numpyro.param("V2", init["V2"]), numpyro.param("c2", init["c2"])
-        with numpyro.plate("images", images):
-            z1 = numpyro.sample("z1", dist.Bernoulli(logits=x @ v1.T + c1).to_event(1))
-            numpyro.sample("z2", dist.Bernoulli(logits=z1 @ v2.T + c2).to_event(1))
-
-    return guide
-
-
-def numpyro_grad_b(x, unravel):
-    """The ELBO gradient estimate of NumPyro's TraceGraph_ELBO for model B, plate over images."""
-    from numpyro.infer import TraceGraph_ELBO
-
-    model, guide = numpyro_model_b(x), numpyro_guide_b(x)
-    elbo = TraceGraph_ELBO()
-
-    def grad(flat, key):
-        negative = lambda f: elbo.loss(key, unravel(f), model, guide, x)
-        return -jax.grad(negative)(flat)
-
-    return grad
-
-
 def per_image_grad(loss_one, x):
     """jax.vmap(scg.grad(...)) over images of the one-image ELBO, summed: the README's other
     route to per-data-point credit (each image's sites are credited with its own costs)."""
@@ -412,14 +184,11 @@ def per_image_grad(loss_one, x):
 
 def model_b(images, size, warmup):
     x = digits(images)
-    params = sbn_params()
-    flat, unravel = ravel_pytree(params)
-    guide_mask = np.asarray(
-        ravel_pytree({k: jnp.full(v.shape, k[0] in "Vc", bool) for k, v in params.items()})[0]
-    )
-    loss = functools.partial(scg_elbo_b, x=x, unravel=unravel)
+    flat, unravel = ravel_pytree(sbn_params())
+    guide_mask = sbn_guide_mask()
+    loss = functools.partial(sbn_elbo, x=x, unravel=unravel)
     baselines = warmup_baselines(loss, flat, warmup, seed=99, chunk=size.chunk)
-    one_image = lambda f, k, x1: scg_elbo_b(f, k, x1, unravel, matmul=True)
+    one_image = lambda f, k, x1: sbn_elbo(f, k, x1, unravel, matmul=True)
     variants = [
         ("jax_scg, detach_log_prob=True (per-image credit, z @ W.T)", scg.grad(loss)),
         (
@@ -435,7 +204,7 @@ def model_b(images, size, warmup):
         # "enumerate") need per-element costs and refuse these sites (z1 and z2 each reach
         # costs that mix their elements); score-function variants fit, e.g.
         # ("jax_scg, leave-one-out, 4 samples", scg.baselines.leave_one_out(loss, 4)),
-        ("NumPyro TraceGraph_ELBO, plate over images", numpyro_grad_b(x, unravel)),
+        ("NumPyro TraceGraph_ELBO, plate over images", numpyro_sbn_grad(x, unravel)),
     ]
     name = f"B: sigmoid belief net, {images} digits"
     rows, results = table_rows(name, variants, flat, size, 2)
@@ -501,42 +270,32 @@ def report(quick: bool) -> str:
         "ratio to jax_scg plain score function",
         "µs / estimate",
     ]
-    device = jax.devices()[0]
     lines = [
-        "# Gradient-estimator variance: jax_scg and NumPyro's TraceGraph_ELBO",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- jax {jax.__version__}, numpyro {numpyro.__version__}, scikit-learn "
-        f"{sklearn.__version__}, device {device.platform} / {device.device_kind}",
-        f"- {a.estimates} estimates per model A row, {b.estimates} per model B row; variance "
-        "is the mean over "
-        "coordinates of the per-coordinate variance of one estimate; the ratio is to the "
-        "first row of each model; µs / estimate from jit(vmap) over chunks of "
-        f"{a.chunk} (A) and {b.chunk} (B) keys, all rows of a model timed "
-        f"together in interleaved rounds (harness.time_interleaved), median of {a.repeats} (A) "
-        f"and {b.repeats} (B) rounds.",
-        *(f"- {note}" for note in notes_a + notes_b),
-        "",
+        report_header(
+            "Gradient-estimator variance: jax_scg and NumPyro's TraceGraph_ELBO",
+            False,
+            f"jax {jax.__version__}, numpyro {numpyro.__version__}, scikit-learn "
+            f"{sklearn.__version__}, device {device_description()}",
+            f"{a.estimates} estimates per model A row, {b.estimates} per model B row; variance "
+            "is the mean over "
+            "coordinates of the per-coordinate variance of one estimate; the ratio is to the "
+            "first row of each model; µs / estimate from jit(vmap) over chunks of "
+            f"{a.chunk} (A) and {b.chunk} (B) keys, all rows of a model timed "
+            f"together in interleaved rounds (harness.time_interleaved), median of {a.repeats} (A) "
+            f"and {b.repeats} (B) rounds.",
+            *notes_a,
+            *notes_b,
+        ),
         markdown_table(header, rows_a + rows_b),
     ]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = arg_parser(__doc__).parse_args(argv)
     text = report(args.quick)
     print(text)
-    device = jax.devices()[0]
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"variance_peers_{device.platform}.md",
-    )
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    write_report(args.out or results_path("variance_peers", jax.devices()[0].platform), text + "\n")
 
 
 if __name__ == "__main__":

@@ -103,12 +103,12 @@ def test_rewrite_time_baselines_match_scg_grad():
     import numpy as np
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import rewrite_time as rt
+    import models as m
 
     key = jax.random.key(3)
-    for program, params in [(rt.lm_scan, rt.lm_params(1, 4)), (rt.lm_unrolled, rt.lm_params(1, 3))]:
-        got = jax.jit(rt.fresh(program, "scg"))(params, key)
-        want = jax.jit(rt.fresh(program, "dice"))(params, key)
+    for program, params in [(m.lm_scan, m.lm_params(1, 4)), (m.lm_unrolled, m.lm_params(1, 3))]:
+        got = jax.jit(m.program_grad(program, "scg"))(params, key)
+        want = jax.jit(m.program_grad(program, "dice"))(params, key)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
@@ -178,3 +178,65 @@ def test_gpu_section_replaces_its_part_of_results(tmp_path):
     assert "##### 1. chain\n\n| system | n |" in text and "| jax_scg | 4 |" in text
     assert "preamble" not in text
     assert "Not written: the step failed or ran out of time (`lola_gpu.md` missing)." in text
+
+
+def _models_cases():
+    """(name, jax_scg program, hand-written surrogate, θ) of models.py's other JAX models."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import models as m
+
+    rollout_theta = jnp.array(m.ROLLOUT_THETA)
+    x, flat, unravel = m.sbn_inputs(4)
+    steps = functools.partial
+    return [
+        ("bits", m.bits_model, m.bits_handwritten, jnp.linspace(-0.5, 0.5, 64)),
+        *[
+            (f"rollout {hand.__name__}", steps(m.rollout_model, steps=6), steps(hand, steps=6),
+             rollout_theta)
+            for hand in (m.rollout_handwritten, m.rollout_handwritten_carried,
+                         m.rollout_fissioned)
+        ],
+        ("rollout carried reward", steps(m.rollout_carried, steps=6),
+         steps(m.rollout_handwritten, steps=6), rollout_theta),
+        ("small sbn", m.small_sbn_model, m.small_sbn_handwritten,
+         m.small_sbn_params(jax.random.key(3))),
+        *[
+            (name, make(5, False), make(5, True), jnp.array([0.2, -0.4]))
+            for name, make in m.SCALING_PROGRAMS.items()
+        ],
+        ("sbn", steps(m.sbn_elbo, x=x, unravel=unravel),
+         steps(m.sbn_handwritten, x=x, unravel=unravel), flat),
+    ]  # fmt: skip
+
+
+def test_models_handwritten_equals_scg_grad_key_by_key():
+    """Every hand-written form in models.py gives scg.grad's estimate of its model, per key;
+    the SBN's transpose-free and broadcast-product forms give the matmul form's."""
+    import functools
+
+    import jax
+    import numpy as np
+
+    import jax_scg as scg
+
+    keys = jax.random.split(jax.random.key(8), 4)
+    for name, program, hand, theta in _models_cases():
+        got = jax.jit(jax.vmap(scg.grad(program), (None, 0)))(theta, keys)
+        want = jax.jit(jax.vmap(jax.grad(hand), (None, 0)))(theta, keys)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            scale = max(1.0, float(np.max(np.abs(b))))
+            np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=name)
+    import models as m
+
+    x, flat, unravel = m.sbn_inputs(4)
+    matmul = jax.vmap(scg.grad(functools.partial(m.sbn_elbo, x=x, unravel=unravel)), (None, 0))
+    for other in (
+        functools.partial(m.sbn_elbo_transpose_free, x=x, unravel=unravel),
+        functools.partial(m.sbn_elbo, x=x, unravel=unravel, matmul=False),
+    ):
+        got = jax.vmap(scg.grad(other), (None, 0))(flat, keys)
+        np.testing.assert_allclose(got, matmul(flat, keys), rtol=1e-5, atol=1e-5)

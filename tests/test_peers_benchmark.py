@@ -1,6 +1,7 @@
 """The peer benchmark suite: its exact gradients, its hand-written surrogates, its report.
 
-``benchmarks/peer_models.py`` defines the models and ``benchmarks/peers.py`` runs them; both
+``benchmarks/models.py`` defines the models, ``benchmarks/peer_models.py`` lists the peer
+suite's and ``benchmarks/peers.py`` runs them; all
 live outside the package, so the benchmarks directory goes on ``sys.path`` here.
 """
 
@@ -19,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import harness  # noqa: E402
+import models  # noqa: E402
 import peer_models  # noqa: E402
 import peers  # noqa: E402
 
@@ -43,7 +45,7 @@ def rollout_enumerated(theta, steps):
 @pytest.mark.parametrize("theta", [(0.3, -1.0), (-0.8, 2.0)])
 def test_rollout_dynamic_programming_equals_enumeration(theta):
     theta = jnp.asarray(theta, jnp.float32)
-    exact = jax.jit(jax.value_and_grad(peer_models.rollout_exact), static_argnums=1)(theta, 6)
+    exact = jax.jit(jax.value_and_grad(models.walk_exact), static_argnums=1)(theta, 6)
     enumerated = jax.jit(jax.value_and_grad(rollout_enumerated), static_argnums=1)(theta, 6)
     np.testing.assert_allclose(exact[0], enumerated[0], rtol=1e-5)
     np.testing.assert_allclose(exact[1], enumerated[1], rtol=1e-5, atol=1e-6)
@@ -62,17 +64,17 @@ def elbo_enumerated(phi, data):
 @pytest.mark.parametrize("phi_seed", [None, 3])
 def test_elbo_exact_gradient_equals_enumeration(phi_seed):
     model = peer_models.elbo(8)
-    data = peer_models.elbo_data(8)
+    data = models.elbo_data(8)
     phi = model.theta if phi_seed is None else jax.random.normal(jax.random.key(phi_seed), (8,))
     exact = jax.jit(jax.grad(model.objective))(phi)
     enumerated = jax.jit(jax.grad(elbo_enumerated))(phi, data)
     np.testing.assert_allclose(exact, enumerated, rtol=1e-4, atol=1e-5)
 
 
-def test_elbo_data_for_256_points_is_model_a_data():
-    np.testing.assert_array_equal(
-        peer_models.elbo_data(256), peer_models.variance_peers.model_a_data()
-    )
+def test_elbo_data_for_256_points_is_the_data_of_test_elbo():
+    import test_elbo
+
+    np.testing.assert_array_equal(models.elbo_data(256), test_elbo.DATA)
 
 
 # ------------------------------------------------------------------------------------------
