@@ -191,25 +191,25 @@ def _models_cases():
 
     rollout_theta = jnp.array(m.ROLLOUT_THETA)
     x, flat, unravel = m.sbn_inputs(4)
-    steps = functools.partial
+    partial = functools.partial
     return [
         ("bits", m.bits_model, m.bits_handwritten, jnp.linspace(-0.5, 0.5, 64)),
         *[
-            (f"rollout {hand.__name__}", steps(m.rollout_model, steps=6), steps(hand, steps=6),
+            (f"rollout {hand.__name__}", partial(m.rollout_model, steps=6), partial(hand, steps=6),
              rollout_theta)
             for hand in (m.rollout_handwritten, m.rollout_handwritten_carried,
                          m.rollout_fissioned)
         ],
-        ("rollout carried reward", steps(m.rollout_carried, steps=6),
-         steps(m.rollout_handwritten, steps=6), rollout_theta),
+        ("rollout carried reward", partial(m.rollout_carried, steps=6),
+         partial(m.rollout_handwritten, steps=6), rollout_theta),
         ("small sbn", m.small_sbn_model, m.small_sbn_handwritten,
          m.small_sbn_params(jax.random.key(3))),
         *[
             (name, make(5, False), make(5, True), jnp.array([0.2, -0.4]))
             for name, make in m.SCALING_PROGRAMS.items()
         ],
-        ("sbn", steps(m.sbn_elbo, x=x, unravel=unravel),
-         steps(m.sbn_handwritten, x=x, unravel=unravel), flat),
+        ("sbn", partial(m.sbn_elbo, x=x, unravel=unravel),
+         partial(m.sbn_handwritten, x=x, unravel=unravel), flat),
     ]  # fmt: skip
 
 
@@ -230,6 +230,7 @@ def test_models_handwritten_equals_scg_grad_key_by_key():
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             scale = max(1.0, float(np.max(np.abs(b))))
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=name)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import models as m
 
     x, flat, unravel = m.sbn_inputs(4)
