@@ -466,7 +466,7 @@ def fission_mismatch(program: Program) -> float:
     bound the compile time) one key at third order."""
     fn, theta = make_fn(program), theta_for(program)
 
-    def estimates(fission):  # one compiled program per setting (op by op took 10x longer)
+    def estimates(fission):  # one compiled program per setting (op by op: ~970 compilations)
         surrogate = scg.surrogate(fn, fission=fission)
 
         @jax.jit
