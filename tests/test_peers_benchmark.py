@@ -1,7 +1,7 @@
 """The peer benchmark suite: its exact gradients, its hand-written surrogates, its report.
 
 ``benchmarks/models.py`` defines the models, ``benchmarks/peer_models.py`` lists the peer
-suite's and ``benchmarks/peers.py`` runs them; all
+suite's and ``benchmarks/peers.py`` runs them (its report: ``report.py``); all
 live outside the package, so the benchmarks directory goes on ``sys.path`` here.
 """
 
@@ -23,6 +23,7 @@ import harness  # noqa: E402
 import models  # noqa: E402
 import peer_models  # noqa: E402
 import peers  # noqa: E402
+import peers_report as report  # noqa: E402
 
 import jax_scg as scg  # noqa: E402
 
@@ -180,7 +181,7 @@ def fake_torch_output():
     mean[1] += 2.0 * np.sqrt(var[1] / n)  # z = 2 on coordinate 1, 0 elsewhere
     scaling = [
         {"axis": "N", "model": "elbo", "system": "Storchastic", "size": size,
-         "seconds_per_estimate": 1e-6 * size, "batch": peers.batch_for(size)}
+         "seconds_per_estimate": 1e-6 * size, "batch": report.batch_for(size)}
         for size in (64, 256, 1024, 4096)
     ]  # fmt: skip
     result = {
@@ -200,55 +201,55 @@ def fake_torch_output():
 def test_torch_json_merges_into_the_model_table():
     result, exact, var = fake_torch_output()
     parsed = peers.parse_torch_output("progress line\n" + json.dumps(result) + "\n")
-    torch_rows = peers.rows_from_torch(parsed)
-    reference = peers.Row("elbo", "jax_scg", 1000, exact.copy(), var / 2, 1000.0, 1024, 0.4,
+    torch_rows = report.rows_from_torch(parsed)
+    reference = report.Row("elbo", "jax_scg", 1000, exact.copy(), var / 2, 1000.0, 1024, 0.4,
                           None, 215)  # fmt: skip
-    table = peers.model_table_rows([torch_rows[1], torch_rows[0], reference], exact)
+    table = report.model_table_rows([torch_rows[1], torch_rows[0], reference], exact)
     assert [row[0] for row in table] == ["jax_scg", "Pyro TraceGraph_ELBO", "Storchastic"]
-    threshold = peers.bonferroni_threshold(3)
+    threshold = report.bonferroni_threshold(3)
     assert table[0] == ["jax_scg", "1,000", f"0.00 [{threshold:.2f}]", "2.333", "1.000",
                         "1,000", "1", "0.40", "215"]  # fmt: skip
     assert table[1] == ["Pyro TraceGraph_ELBO", "100", f"2.00 [{threshold:.2f}]", "4.667",
                         "2.000", "500", "0.5", "setup 0.50", "–"]  # fmt: skip
     assert table[2][2] == f"0.00 [{threshold:.2f}]" and table[2][4] == "4.000"
     assert 2.93 < threshold < 2.94  # two-sided, alpha 0.01 over 3 coordinates
-    biased = peers.Row("elbo", "Storchastic", 100, exact + 0.1 * np.sqrt(var), var, None)
-    assert peers.model_table_rows([biased], exact)[0][2] == f"1.00 [{threshold:.2f}]"
+    biased = report.Row("elbo", "Storchastic", 100, exact + 0.1 * np.sqrt(var), var, None)
+    assert report.model_table_rows([biased], exact)[0][2] == f"1.00 [{threshold:.2f}]"
     biased.mean = exact + 0.3 * np.sqrt(var)
-    cell = peers.model_table_rows([biased], exact)[0][2]
+    cell = report.model_table_rows([biased], exact)[0][2]
     assert cell == f"3.00 **biased?** [{threshold:.2f}]"
 
 
 def test_torch_json_merges_into_scaling_failures_and_targets():
     result, exact, var = fake_torch_output()
-    outcome = peers.TorchOutcome(result, "run", 12.0)
+    outcome = report.TorchOutcome(result, "run", 12.0)
     jax_points = [
         {"axis": "N", "model": "elbo", "system": "jax_scg", "size": size,
-         "seconds_per_estimate": 2e-9 * size, "batch": peers.batch_for(size)}
+         "seconds_per_estimate": 2e-9 * size, "batch": report.batch_for(size)}
         for size in (64, 256, 1024)
     ]  # fmt: skip
-    headers, table = peers.scaling_table(jax_points + result["scaling"], "N")
+    headers, table = report.scaling_table(jax_points + result["scaling"], "N")
     assert headers == ["N", "keys per call B", "jax_scg µs/estimate", "Storchastic µs/estimate"]
     assert table[0] == [64, 1024, "0.128", "64"]
     assert table[3] == [4096, 256, "not run", "4096"]
     assert table[-1] == ["log-log slope (sizes)", "", "1.00 (256–1024)", "1.00 (256–4096)"]
-    section = peers.failures_section(outcome)
+    section = report.failures_section(outcome)
     assert "| sbn | Pyro JitTraceGraph_ELBO | RuntimeError: boom |" in section
     assert "stopped at size 16384: too slow" in section
 
     model = peer_models.elbo(3)
     rows = [
-        peers.Row("elbo", peers.HAND, 1000, exact, var, 990.0, 1024, 0.4, None, 214),
-        peers.Row("elbo", "jax_scg", 1000, exact, var, 1000.0, 1024, 0.4, None, 215),
-        peers.Row("elbo", peers.NUMPYRO, 1000, exact, 2 * var, 1250.0, 1024, 0.4, None, 562),
+        report.Row("elbo", report.HAND, 1000, exact, var, 990.0, 1024, 0.4, None, 214),
+        report.Row("elbo", "jax_scg", 1000, exact, var, 1000.0, 1024, 0.4, None, 215),
+        report.Row("elbo", report.NUMPYRO, 1000, exact, 2 * var, 1250.0, 1024, 0.4, None, 562),
     ]
-    times = {peers.HAND: np.full(5, 1.0), "jax_scg": np.full(5, 1.01), peers.NUMPYRO: np.ones(5)}
-    timing = harness.summarize(times, baseline=peers.HAND)
-    results = [peers.ModelResult(model, rows, exact, timing, 0.0)]
-    all_rows = {"elbo": rows + peers.rows_from_torch(result)}
+    times = {report.HAND: np.full(5, 1.0), "jax_scg": np.full(5, 1.01), report.NUMPYRO: np.ones(5)}
+    timing = harness.summarize(times, baseline=report.HAND)
+    results = [report.ModelResult(model, rows, exact, timing, 0.0)]
+    all_rows = {"elbo": rows + report.rows_from_torch(result)}
     targets = {
         (t[0], t[1]): t[2:]
-        for t in peers.target_rows(results, all_rows, jax_points + result["scaling"])
+        for t in report.target_rows(results, all_rows, jax_points + result["scaling"])
     }
     assert targets[("HLO ops jax_scg == hand-written", "elbo")] == ["215 / 214", "**missed**"]
     assert targets[("median runtime jax_scg / hand-written ≤ 1.02", "elbo")][1] == "met"
@@ -265,4 +266,4 @@ def test_missing_torch_environment_says_how_to_make_it(monkeypatch, tmp_path, ca
     outcome = peers.run_torch(str(tmp_path / "inputs.npz"), quick=True, timeout_s=10)
     assert outcome.result["rows"] == [] and outcome.status == peers.MISSING_VENV
     assert "bash benchmarks/setup_peers.sh" in capsys.readouterr().out
-    assert "bash benchmarks/setup_peers.sh" in peers.failures_section(outcome)
+    assert "bash benchmarks/setup_peers.sh" in report.failures_section(outcome)
