@@ -1,4 +1,7 @@
-"""The four models of the peer suite (``benchmarks/peers.py``), a registry of ``models.py``.
+"""The four models of the peer suite (``benchmarks/peers.py``): a registry, no definitions.
+
+The models are defined in ``jax_scg.examples`` ("chain"), ``models_elbo.py`` ("elbo" and
+"sbn") and ``models.py`` ("rollout").
 
 Every model is a :class:`PeerModel`: one flat float32 parameter vector ``theta``, the jax_scg
 loss (``scg.grad`` of it is one gradient estimate), the hand-written DiCE surrogate with the
@@ -9,11 +12,11 @@ for "chain" and "rollout" (minimised), the ELBO itself (not its negative) for "e
 "sbn".
 
 1. ``chain``: the two-site chain of Figure 1 (``jax_scg.examples.graph5``).
-2. ``elbo``: N Bernoulli latents with a data plate (``models.elbo_*``, any N).
+2. ``elbo``: N Bernoulli latents with a data plate (``models_elbo.elbo_*``, any N).
 3. ``rollout``: a T-step ``lax.scan`` random-walk policy with Bernoulli actions and one cost
    per step (``models.walk_*``); its exact gradient comes from dynamic programming over the
    8 states.
-4. ``sbn``: the two-layer sigmoid belief net on binarised digits (``models.sbn_*``).
+4. ``sbn``: the two-layer sigmoid belief net on binarised digits (``models_elbo.sbn_*``).
 
 The hand-written surrogates put inside each magic box exactly the costs that the box's sites
 influence, as jax_scg's causality does: terms no site reaches (log p(z) under a Bernoulli(½)
@@ -32,6 +35,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import models
+import models_elbo
 import numpy as np
 
 import jax_scg as scg
@@ -108,16 +112,16 @@ def chain() -> PeerModel:
 
 def elbo(points: int = 256) -> PeerModel:
     """Model 2 with ``points`` data points, guide parameters φ = 0."""
-    data = models.elbo_data(points)
+    data = models_elbo.elbo_data(points)
     return PeerModel(
         name="elbo",
         title=f"2. elbo ({points} Bernoulli latents)",
         size=points,
         theta=jnp.zeros(points, jnp.float32),
-        scg_loss=functools.partial(models.elbo_loss, data=data),
-        handwritten=functools.partial(models.elbo_handwritten, data=data),
-        objective=functools.partial(models.elbo_exact, data=data),
-        numpyro_factory=functools.partial(models.numpyro_elbo_grad, data),
+        scg_loss=functools.partial(models_elbo.elbo_loss, data=data),
+        handwritten=functools.partial(models_elbo.elbo_handwritten, data=data),
+        objective=functools.partial(models_elbo.elbo_exact, data=data),
+        numpyro_factory=functools.partial(models_elbo.numpyro_elbo_grad, data),
     )
 
 
@@ -136,15 +140,15 @@ def rollout(steps: int = 64) -> PeerModel:
 
 def sbn(images: int = 64) -> PeerModel:
     """Model 4 on the first ``images`` digits; θ is the flat vector of ``sbn_params()``."""
-    x, flat, unravel = models.sbn_inputs(images)
+    x, flat, unravel = models_elbo.sbn_inputs(images)
     return PeerModel(
         name="sbn",
         title=f"4. sbn ({images} digits, {flat.size} parameters)",
         size=images,
         theta=flat,
-        scg_loss=functools.partial(models.sbn_elbo, x=x, unravel=unravel),
-        handwritten=functools.partial(models.sbn_handwritten, x=x, unravel=unravel),
-        numpyro_factory=lambda: models.numpyro_sbn_grad(x, unravel),
+        scg_loss=functools.partial(models_elbo.sbn_elbo, x=x, unravel=unravel),
+        handwritten=functools.partial(models_elbo.sbn_handwritten, x=x, unravel=unravel),
+        numpyro_factory=lambda: models_elbo.numpyro_sbn_grad(x, unravel),
     )
 
 
@@ -162,7 +166,7 @@ def make(name: str, size: int | None = None) -> PeerModel:
 
 def torch_inputs(elbo_sizes, images: int = 64) -> dict[str, np.ndarray]:
     """The arrays ``benchmarks/torch_peers.py`` reads (the npz keys of the specification)."""
-    x, flat, unravel = models.sbn_inputs(images)
+    x, flat, unravel = models_elbo.sbn_inputs(images)
     arrays = {
         "chain_theta": np.asarray(CHAIN_THETA, np.float32),
         "chain_x0": np.asarray(examples.X0, np.float32),
@@ -171,9 +175,9 @@ def torch_inputs(elbo_sizes, images: int = 64) -> dict[str, np.ndarray]:
         "sbn_theta": np.asarray(flat, np.float32),
     }
     for n in sorted(set(elbo_sizes)):
-        arrays[f"elbo_x_{n}"] = np.asarray(models.elbo_data(n), np.float32)
+        arrays[f"elbo_x_{n}"] = np.asarray(models_elbo.elbo_data(n), np.float32)
         arrays[f"elbo_phi_{n}"] = np.zeros(n, np.float32)
     shapes = unravel(flat)
-    for name in models.SBN_NAMES:
+    for name in models_elbo.SBN_NAMES:
         arrays[f"sbn_shape_{name}"] = np.asarray(shapes[name].shape, np.int64)
     return arrays

@@ -12,7 +12,7 @@ the same for two baselines of the same program, built fresh every time (no traci
   ``magic_box`` of the log-probabilities before it). For the MLP (pathwise Normal sites) it
   is the plain program.
 
-Three programs (from ``models.py``), at sizes from 10^2 to 10^5 equations (counted in the
+Three programs (from ``models_large.py``), at sizes from 10^2 to 10^5 equations (counted in the
 traced program, sub-programs included):
 
 1. ``lm_scan``: a small transformer language model (2 heads, width 32, vocabulary 16)
@@ -41,7 +41,7 @@ import harness
 import jax
 import numpy as np
 from jax.extend import core as jex_core
-from models import (
+from models_large import (
     TOKENS,
     lm_params,
     lm_scan,

@@ -2,8 +2,8 @@
 
 ``python benchmarks/sbn_ablation.py [--quick]`` (needs numpyro and scikit-learn).
 
-The model and guide are ``models.sbn_*`` (``variance_peers.py`` model B: z2 (8) -> z1 (16) -> x (64)
-on binarised digits, guide q(z1 | x) q(z2 | z1)). Write, per image, the ELBO's terms
+The model and guide are ``models_elbo.sbn_*`` (``variance_peers.py`` model B: z2 (8) -> z1 (16)
+-> x (64) on binarised digits, guide q(z1 | x) q(z2 | z1)). Write, per image, the ELBO's terms
 elementwise, each Bernoulli log-probability as ``value · logits − softplus(logits)``:
 
     A = log p(x | z1)   (64 per image)      B = log p(z1 | z2)  (16)     C = log p(z2) (8)
@@ -40,7 +40,7 @@ import functools
 import harness
 import jax
 import jax.numpy as jnp
-import models
+import models_elbo
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -70,11 +70,12 @@ VARIANTS = [
     ("(4) no own log q in the cost", None, False, False, 0.0),
     ("(4a) no own log q, C for z1 and z2", None, True, True, 0.0),
     (
-        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(models.Z1 - 1) * np.log(2):.2f} in z1's cost",
+        f"(5) jax_scg's + constant (Z1−1)·log 2 = {(models_elbo.Z1 - 1) * np.log(2):.2f}"
+        " in z1's cost",
         "element whole",
         False,
         False,
-        (models.Z1 - 1) * float(np.log(2)),
+        (models_elbo.Z1 - 1) * float(np.log(2)),
     ),
 ]
 
@@ -125,7 +126,7 @@ def numpyro_draws(x, unravel):
     """The guide's draws of z1, z2 that TraceGraph_ELBO.loss(key, ...) makes for ``key``."""
     from numpyro import handlers
 
-    guide = models.numpyro_sbn_guide(x)
+    guide = models_elbo.numpyro_sbn_guide(x)
 
     def draws(flat, key):
         _, guide_seed = jax.random.split(key)
@@ -138,8 +139,8 @@ def numpyro_draws(x, unravel):
 
 def estimators(x, unravel):
     draws = numpyro_draws(x, unravel)
-    loss = functools.partial(models.sbn_elbo, x=x, unravel=unravel)
-    numpyro_grad = models.numpyro_sbn_grad(x, unravel)
+    loss = functools.partial(models_elbo.sbn_elbo, x=x, unravel=unravel)
+    numpyro_grad = models_elbo.numpyro_sbn_grad(x, unravel)
 
     def all_grads(flat, key):
         z1, z2 = draws(flat, key)
@@ -156,9 +157,9 @@ def estimators(x, unravel):
 
 
 def run(images, n, chunk, seed=2):
-    x = models.digits(images)
-    flat, unravel = ravel_pytree(models.sbn_params())
-    guide = models.sbn_guide_mask()
+    x = models_elbo.digits(images)
+    flat, unravel = ravel_pytree(models_elbo.sbn_params())
+    guide = models_elbo.sbn_guide_mask()
     labels = [SCG_ROW, NUMPYRO_ROW, *(v[0] for v in VARIANTS)]
     run_chunk = estimators(x, unravel)
 

@@ -77,7 +77,7 @@ def jax_worker(prng: str | None) -> None:
     import harness
     import jax
     import jax.numpy as jnp
-    import models
+    import models_elbo
     import peer_models
 
     import jax_scg as scg
@@ -87,9 +87,11 @@ def jax_worker(prng: str | None) -> None:
     if prng:
         jax.config.update("jax_default_prng_impl", prng)
 
-    x, _, unravel = models.sbn_inputs(model.size)
+    x, _, unravel = models_elbo.sbn_inputs(model.size)
 
-    transpose_free_loss = functools.partial(models.sbn_elbo_transpose_free, x=x, unravel=unravel)
+    transpose_free_loss = functools.partial(
+        models_elbo.sbn_elbo_transpose_free, x=x, unravel=unravel
+    )
 
     def mean_of(loss):
         return lambda th, keys: jnp.mean(jax.vmap(loss, in_axes=(None, 0))(th, keys))

@@ -43,7 +43,7 @@ from harness import (
     write_report,
 )
 from jax.flatten_util import ravel_pytree
-from models import (
+from models_elbo import (
     POINTS,
     digits,
     elbo_data,

@@ -15,7 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import models
+import models_elbo
 import numpy as np
 import peer_models
 import variance_peers
@@ -116,7 +116,7 @@ def sbn_rows(quick, seed=4, chunk=250):
     # The moving average: warm-up keys from seed 98 (no measured row's seed), then the
     # measured keys of the rows above, one after another.
     warmup_keys = jax.random.split(jax.random.key(98), ma_warmup)
-    guide = models.sbn_guide_mask()
+    guide = models_elbo.sbn_guide_mask()
     assert guide.shape == flat.shape
     for decay in MA_DECAYS:
         start = time.perf_counter()

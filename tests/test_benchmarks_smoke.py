@@ -103,7 +103,7 @@ def test_rewrite_time_baselines_match_scg_grad():
     import numpy as np
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import models as m
+    import models_large as m
 
     key = jax.random.key(3)
     for program, params in [(m.lm_scan, m.lm_params(1, 4)), (m.lm_unrolled, m.lm_params(1, 3))]:
@@ -181,16 +181,17 @@ def test_gpu_section_replaces_its_part_of_results(tmp_path):
 
 
 def _models_cases():
-    """(name, jax_scg program, hand-written surrogate, θ) of models.py's other JAX models."""
+    """(name, jax_scg program, hand-written surrogate, θ): models.py's models and the SBN."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import functools
 
     import jax
     import jax.numpy as jnp
     import models as m
+    import models_elbo
 
     rollout_theta = jnp.array(m.ROLLOUT_THETA)
-    x, flat, unravel = m.sbn_inputs(4)
+    x, flat, unravel = models_elbo.sbn_inputs(4)
     partial = functools.partial
     return [
         ("bits", m.bits_model, m.bits_handwritten, jnp.linspace(-0.5, 0.5, 64)),
@@ -208,14 +209,15 @@ def _models_cases():
             (name, make(5, False), make(5, True), jnp.array([0.2, -0.4]))
             for name, make in m.SCALING_PROGRAMS.items()
         ],
-        ("sbn", partial(m.sbn_elbo, x=x, unravel=unravel),
-         partial(m.sbn_handwritten, x=x, unravel=unravel), flat),
+        ("sbn", partial(models_elbo.sbn_elbo, x=x, unravel=unravel),
+         partial(models_elbo.sbn_handwritten, x=x, unravel=unravel), flat),
     ]  # fmt: skip
 
 
 def test_models_handwritten_equals_scg_grad_key_by_key():
-    """Every hand-written form in models.py gives scg.grad's estimate of its model, per key;
-    the SBN's transpose-free and broadcast-product forms give the matmul form's."""
+    """Every hand-written form in models.py and models_elbo.py gives scg.grad's estimate of
+    its model, per key; the SBN's transpose-free and broadcast-product forms give the matmul
+    form's."""
     import functools
 
     import jax
@@ -231,7 +233,7 @@ def test_models_handwritten_equals_scg_grad_key_by_key():
             scale = max(1.0, float(np.max(np.abs(b))))
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=name)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import models as m
+    import models_elbo as m
 
     x, flat, unravel = m.sbn_inputs(4)
     matmul = jax.vmap(scg.grad(functools.partial(m.sbn_elbo, x=x, unravel=unravel)), (None, 0))

@@ -1,8 +1,9 @@
 """The peer benchmark suite: its exact gradients, its hand-written surrogates, its report.
 
-``benchmarks/models.py`` defines the models, ``benchmarks/peer_models.py`` lists the peer
-suite's and ``benchmarks/peers.py`` runs them (its report: ``report.py``); all
-live outside the package, so the benchmarks directory goes on ``sys.path`` here.
+``benchmarks/models.py`` and ``benchmarks/models_elbo.py`` define the models,
+``benchmarks/peer_models.py`` lists the peer suite's and ``benchmarks/peers.py`` runs them
+(its report: ``peers_report.py``); all live outside the package, so the benchmarks
+directory goes on ``sys.path`` here.
 """
 
 import itertools
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import harness  # noqa: E402
 import models  # noqa: E402
+import models_elbo  # noqa: E402
 import peer_models  # noqa: E402
 import peers  # noqa: E402
 import peers_report as report  # noqa: E402
@@ -65,7 +67,7 @@ def elbo_enumerated(phi, data):
 @pytest.mark.parametrize("phi_seed", [None, 3])
 def test_elbo_exact_gradient_equals_enumeration(phi_seed):
     model = peer_models.elbo(8)
-    data = models.elbo_data(8)
+    data = models_elbo.elbo_data(8)
     phi = model.theta if phi_seed is None else jax.random.normal(jax.random.key(phi_seed), (8,))
     exact = jax.jit(jax.grad(model.objective))(phi)
     enumerated = jax.jit(jax.grad(elbo_enumerated))(phi, data)
@@ -75,7 +77,7 @@ def test_elbo_exact_gradient_equals_enumeration(phi_seed):
 def test_elbo_data_for_256_points_is_the_data_of_test_elbo():
     import test_elbo
 
-    np.testing.assert_array_equal(models.elbo_data(256), test_elbo.DATA)
+    np.testing.assert_array_equal(models_elbo.elbo_data(256), test_elbo.DATA)
 
 
 # ------------------------------------------------------------------------------------------
