@@ -13,6 +13,7 @@ import sys
 import time
 
 import harness
+import hlo_stats
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ def compile_times(n: int, repeats: int):
             start = time.perf_counter()
             compiled = low.compile()
             times[system][r] = time.perf_counter() - start
-            ops[system] = harness.hlo_op_count(compiled.as_text())
+            ops[system] = hlo_stats.hlo_op_count(compiled.as_text())
     return times, ops
 
 

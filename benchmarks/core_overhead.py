@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import hlo_stats  # noqa: E402
 from models import (  # noqa: E402
     ROLLOUT_THETA,
     SCALING_PROGRAMS,
@@ -167,7 +168,7 @@ def run_case(case: Case, repeats: int, compile_repeats: int, target_s: float) ->
     jitted = {name: jax.jit(make()) for name, make in makers.items()}
     # The batched, jitted estimates must agree too (same keys, same draws).
     _assert_tree_close(jitted["scg"](*args), jitted["hand"](*args), f"{case.name} (batched)")
-    stats = {name: harness.compiled_stats(fn, *args) for name, fn in jitted.items()}
+    stats = {name: hlo_stats.compiled_stats(fn, *args) for name, fn in jitted.items()}
     times = harness.time_interleaved(jitted, args, repeats=repeats, target_s=target_s)
     timing = harness.summarize(times, baseline="hand")
     compile_s = {

@@ -50,6 +50,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import hlo_stats  # noqa: E402
 
 import jax_scg as scg  # noqa: E402
 from jax_scg import distributions as D  # noqa: E402
@@ -313,7 +314,7 @@ def while_loops(jitted, *args) -> tuple[int, int]:
     text = jitted.lower(*args).compile().as_text()
     total = rollout = 0
     for line in text.splitlines():
-        if harness.hlo_opcode(line) != "while":
+        if hlo_stats.hlo_opcode(line) != "while":
             continue
         total += 1
         match = re.search(r'op_name="([^"]*)"', line)
@@ -335,7 +336,7 @@ def measure(setting: Setting, lookaheads: int, ancestors: str) -> Result:
     fns = systems(lookaheads, setting.steps, setting.batch, ancestors)
     jitted = {name: jax.jit(update_from(fn)) for name, fn in fns.items()}
     args = (*arguments(jax.random.key(3)), jax.random.key(0))
-    stats = {name: harness.compiled_stats(fn, *args) for name, fn in jitted.items()}
+    stats = {name: hlo_stats.compiled_stats(fn, *args) for name, fn in jitted.items()}
     memory = {name: memory_bytes(fn, *args) for name, fn in jitted.items()}
     loops = {name: while_loops(fn, *args) for name, fn in jitted.items()}
     times = harness.time_interleaved(
@@ -403,7 +404,7 @@ bracket the interquartile range of the per-round ratios. `while`: HLO instructio
 opcode `while` in the optimised module (`jax.jit(f).lower(...).compile().as_text()`, every
 computation); "rollout" counts the loops of the episodes and of their derivatives, "all"
 adds the loops of JAX's random number generator (on CPU, threefry's rounds are a loop in
-every draw, alike in every system). HLO ops: `harness.hlo_op_count` (every instruction
+every draw, alike in every system). HLO ops: `hlo_stats.hlo_op_count` (every instruction
 except parameter, constant, tuple, get-tuple-element). Memory: `compiled.memory_analysis()`;
 "temp + args + out" is `temp_size_in_bytes + argument_size_in_bytes +
 output_size_in_bytes` (no aliasing here), "temp" the first alone (`peak_memory_in_bytes` is

@@ -44,6 +44,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
+import hlo_stats  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import peer_models  # noqa: E402
@@ -222,7 +223,7 @@ def run_model(model: peer_models.PeerModel, cfg: Config, seed: int) -> ModelResu
             Row(name, system, m.n, m.mean, m.var,
                 estimates_per_s=batch / timing[system].median_s, batch=batch,
                 compile_s=compile_seconds(make, args, cfg.compile_repeats, first_compile[system]),
-                hlo_ops=harness.compiled_stats(jitted[system], *args).op_count)
+                hlo_ops=hlo_stats.compiled_stats(jitted[system], *args).op_count)
         )  # fmt: skip
     return ModelResult(model, rows, model.exact_grad(), timing, same)
 

@@ -405,7 +405,7 @@ in their notes.
 **speed / jax_scg**: estimates/s over jax_scg's (above 1: faster than jax_scg).
 **trace+compile s**: {compile}; for torch rows the first call's overhead ("setup").
 **HLO ops**: instructions of the optimised HLO module except parameter, constant, tuple and
-get-tuple-element (`harness.hlo_op_count`).
+get-tuple-element (`hlo_stats.hlo_op_count`).
 The hand-written surrogates put in each magic box exactly the costs jax_scg credits (see
 `benchmarks/peer_models.py`), so their estimates equal jax_scg's key by key (checked). Their
 HLO op counts still differ where the two programs are written differently: jax_scg

@@ -74,7 +74,7 @@ def run_timed(call, inner: int, finish=lambda out: out) -> dict:
 def jax_worker(prng: str | None) -> None:
     """Serves the JAX systems (XLA_FLAGS and affinity come from the environment)."""
     sys.path.insert(0, HERE)
-    import harness
+    import hlo_stats
     import jax
     import jax.numpy as jnp
     import models_elbo
@@ -168,9 +168,9 @@ def jax_worker(prng: str | None) -> None:
         text = compiled.as_text()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        opcodes = harness.hlo_opcodes(text)
+        opcodes = hlo_stats.hlo_opcodes(text)
         return {
-            "ops": harness.hlo_op_count(text),
+            "ops": hlo_stats.hlo_op_count(text),
             "flops": cost.get("flops", float("nan")),
             "transcendentals": cost.get("transcendentals", float("nan")),
             "bytes": cost.get("bytes accessed", float("nan")),
@@ -337,9 +337,9 @@ def trace_durations(directory: str) -> dict[str, float]:
 def classify_jax(text: str, durations: dict, calls: int) -> dict:
     """Milliseconds per call by category of the thunks (the entry computation's instructions
     and those of the while loops' bodies), and the 8 largest."""
-    import harness
+    import hlo_stats
 
-    comps = harness.hlo_computations(text)
+    comps = hlo_stats.hlo_computations(text)
 
     def reach(comp, seen):
         ops = set()
