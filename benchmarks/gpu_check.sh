@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
 
 step peers 170 python3 benchmarks/peers.py --gpu --out "$out/peers_gpu.md" --plots "$out/peers"
 step core_overhead 90 python3 benchmarks/core_overhead.py --out "$out/core_overhead_gpu.md"
-step loops 60 python3 benchmarks/loops.py --part A --out "$out/loops_gpu.md"
+step loops 60 python3 benchmarks/loops.py --part A --repeats 20 --out "$out/loops_gpu.md"
 step lola 60 python3 benchmarks/lola.py --out "$out/lola_gpu.md"
 step rewrite_time 75 python3 benchmarks/rewrite_time.py --out "$out/rewrite_time_gpu.md" \
   --plot "$out/rewrite_time_gpu.png" --sizes "lm_scan=1,16 lm_unrolled=4 mlp=4,40,400" --repeats 2

@@ -1,9 +1,10 @@
 """Loops: ``scg.sample`` inside ``lax.scan``, differentiated after the loop, at any order.
 
-    python benchmarks/loops.py [--quick] [--out FILE] [--part A|B]
+    python benchmarks/loops.py [--quick] [--out FILE] [--part A|B] [--repeats N] [--steps T]
 
 Part A (cost): gradient, Hessian and look-ahead gradient of a 64-step Bernoulli-policy rollout,
-by ``scg`` and by two hand-written DiCE surrogates, "naive" (log-probabilities inside the
+by ``scg`` (its default ``fission="auto"`` and ``fission=True``) and by two hand-written DiCE
+surrogates, "naive" (log-probabilities inside the
 scan) and "fissioned" (the scan only simulates; scores, ``cumsum`` and magic boxes are
 computed after it, vectorised over time). Part B (variance): 16 environments stepped in one
 scan, ``scg.grad`` against the per-episode estimator and a hand-written per-element surrogate.
@@ -26,6 +27,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import hlo_stats  # noqa: E402
 from models import (  # noqa: E402
     ROLLOUT_THETA,
     rollout_carried,
@@ -41,10 +43,12 @@ from jax_scg import distributions as D  # noqa: E402
 # Part A: one rollout, three derivatives, scg against two hand-written forms
 
 
-def derivative(kind: str, fn, by_scg: bool):
-    """``(theta, key) -> estimate`` of the gradient, the Hessian or the look-ahead gradient."""
-    surrogate = scg.surrogate(fn) if by_scg else fn
-    grad = scg.grad(fn) if by_scg else jax.grad(fn)
+def derivative(kind: str, fn, fission=None):
+    """``(theta, key) -> estimate`` of the gradient, the Hessian or the look-ahead gradient;
+    by ``scg`` with that ``fission`` setting, or by ``jax`` of a hand-written ``fn`` (None)."""
+    by_scg = fission is not None
+    surrogate = scg.surrogate(fn, fission=fission) if by_scg else fn
+    grad = scg.grad(fn, fission=fission) if by_scg else jax.grad(fn)
     if kind == "gradient":
         return grad
     if kind == "Hessian":
@@ -61,18 +65,20 @@ def program_stats(compiled, steps: int) -> dict:
     """HLO while loops (all, and those running ``steps`` iterations), ops and peak memory."""
     text = compiled.as_text()
     trips = [re.search(r'"known_trip_count":\{"n":"(\d+)"', line) for line in text.splitlines()
-             if harness.hlo_opcode(line) == "while"]  # fmt: skip
+             if hlo_stats.hlo_opcode(line) == "while"]  # fmt: skip
     m = compiled.memory_analysis()
     peak = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     return {
         "while": len(trips),
         "time loops": sum(1 for m in trips if m and int(m.group(1)) == steps),
-        "ops": harness.hlo_op_count(text),
+        "ops": hlo_stats.hlo_op_count(text),
         "MiB": (peak - m.alias_size_in_bytes) / 2**20,
     }
 
 
-SYSTEMS = ("scg", "fissioned", "naive")
+# jax_scg with its default fission="auto" and with fission=True, then the hand-written forms.
+SYSTEMS = ("scg", "scg fission=True", "fissioned", "naive")
+FISSION = {"scg": "auto", "scg fission=True": True}
 # Equality check: float32 rtol per derivative (the look-ahead gradient's entries reach 1e5 and
 # differ by float32 rounding up to ~3e-4; it is also checked in float64 on X64_KEYS keys).
 F32_RTOL = {"gradient": 1e-4, "Hessian": 1e-4, "look-ahead gradient": 1e-3}
@@ -81,15 +87,16 @@ X64_KEYS = 32
 
 def batched(kind: str, forms: dict) -> dict:
     """Form name -> ``jit(vmap(derivative, in_axes=(None, 0)))``."""
-    return {name: jax.jit(jax.vmap(derivative(kind, fn, name == "scg"), (None, 0)))
+    return {name: jax.jit(jax.vmap(derivative(kind, fn, FISSION.get(name)), (None, 0)))
             for name, fn in forms.items()}  # fmt: skip
 
 
 def check_equal(fns: dict, args, rtol: float, what: str):
-    """Asserts scg's and the naive form's estimates equal the fissioned form's, key by key."""
+    """Asserts scg's (both settings) and the naive form's estimates equal the fissioned
+    form's, key by key."""
     out = {name: np.asarray(fn(*args)) for name, fn in fns.items()}
     ref = out["fissioned"]
-    for name in ("scg", "naive"):
+    for name in ("scg", "scg fission=True", "naive"):
         atol = 0.1 * rtol * np.abs(ref).max()
         np.testing.assert_allclose(out[name], ref, rtol=rtol, atol=atol, err_msg=f"{what}: {name}")
 
@@ -98,9 +105,11 @@ def _triple(stats, key, fmt="{}"):
     return " / ".join(fmt.format(stats[s][key]) for s in SYSTEMS)
 
 
-def run_part_a(quick: bool) -> list[str]:
-    steps, n_keys = (8, 64) if quick else (64, 1024)
-    repeats, target_s = (5, 0.005) if quick else (60, 0.05)
+def run_part_a(quick: bool, repeats: int | None = None, steps: int | None = None) -> list[str]:
+    default_steps, n_keys = (8, 64) if quick else (64, 1024)
+    steps = steps or default_steps
+    default_repeats, target_s = (5, 0.005) if quick else (60, 0.05)
+    repeats = repeats or default_repeats
     theta = jnp.array(ROLLOUT_THETA)
     args = (theta, jax.random.split(jax.random.key(0), n_keys))
     bind = lambda fn: lambda th, k: fn(th, k, steps)  # noqa: E731
@@ -109,7 +118,8 @@ def run_part_a(quick: bool) -> list[str]:
     forward = jax.jit(jax.vmap(bind(rollout_model), (None, 0))).lower(*args).compile()
     rows = []
     for model_name, model in list(models.items())[: 1 if quick else 2]:
-        forms = {"scg": bind(model), "fissioned": bind(rollout_fissioned),
+        forms = {"scg": bind(model), "scg fission=True": bind(model),
+                 "fissioned": bind(rollout_fissioned),
                  "naive": bind(rollout_handwritten)}  # fmt: skip
         for kind in ("gradient", "Hessian", "look-ahead gradient"):
             what = f"{model_name}, {kind}"
@@ -128,6 +138,7 @@ def run_part_a(quick: bool) -> list[str]:
             rows.append([
                 model_name, kind, harness.timing_ratio(vs_fiss["scg"]),
                 harness.timing_ratio(harness.summarize(times, "naive")["scg"]),
+                harness.timing_ratio(harness.summarize(times, "scg")["scg fission=True"]),
                 " / ".join(f"{vs_fiss[s].median_s * 1e3:.2f}" for s in SYSTEMS),
                 _triple(stats, "time loops"), _triple(stats, "while"), _triple(stats, "ops"),
                 _triple(stats, "MiB", "{:.2f}"),
@@ -135,8 +146,9 @@ def run_part_a(quick: bool) -> list[str]:
     fwd = program_stats(forward, steps)["time loops"]
     notes = PART_A_NOTES.format(steps=steps, keys=n_keys, repeats=repeats, fwd=fwd, x64=X64_KEYS)
     headers = ["model", "derivative", "scg / fissioned [IQR]", "scg / naive [IQR]",
-               "median ms scg / fiss / naive", f"{steps}-step while loops scg / fiss / naive",
-               "all while loops", "HLO ops", "peak MiB"]  # fmt: skip
+               "scg fission=True / scg [IQR]", "median ms scg / scg fission=True / fiss / naive",
+               f"{steps}-step while loops (same order)", "all while loops", "HLO ops",
+               "peak MiB"]  # fmt: skip
     title = "Part A: derivatives through a rollout, scg vs hand-written (jit + vmap over keys)"
     return [notes, harness.print_table(headers, rows, title=title)]
 
@@ -146,20 +158,23 @@ Part A: {steps}-step rollout, {keys} keys per call, theta of 3 parameters. Each 
 `jax.jit(jax.vmap(d, in_axes=(None, 0)))`: gradient `scg.grad(model)` / `jax.grad(hand)`;
 Hessian `jax.hessian(scg.surrogate(model))` / `jax.hessian(hand)`; look-ahead gradient
 `jax.grad(lambda th: outer(th - 0.1 * inner_grad(th, k1), k2))` with `inner_grad` the
-gradient estimator and `outer` the surrogate (reverse over reverse). "fissioned": the scan
+gradient estimator and `outer` the surrogate (reverse over reverse). "scg": jax_scg's
+default `fission="auto"` (on CPU a first-order derivative runs the loop as written and the
+fissioned rewrite serves derivatives that are differentiated again; off CPU every derivative
+is fissioned); "scg fission=True": every derivative fissioned. "fissioned": the scan
 samples with `stop_gradient(theta)` and stacks states, actions and rewards; logits,
 log-probabilities, `cumsum` and `magic_box` are computed after it, vectorised over time.
 "naive": models.py's `rollout_handwritten` (log-probabilities stacked by the scan, boxes
-after it). The same hand forms serve both scg models. The three estimates were checked equal
+after it). The same hand forms serve both scg models. The four estimates were checked equal
 before timing: for every key in float32 (rtol 1e-4; 1e-3 for the look-ahead gradient, whose
 entries reach 1e5 and differ by float32 rounding up to ~3e-4, so it is also checked in
 float64 on {x64} keys, rtol 1e-9). Runtime: median seconds per call of the compiled
-executable, the three systems timed in {repeats} interleaved rounds; ratios of medians, the
+executable, the four systems timed in {repeats} interleaved rounds; ratios of medians, the
 bracket the interquartile range of the per-round ratios. While loops: opcode `while` in the
 optimised HLO (`compile().as_text()`); "{steps}-step" counts those whose known trip count is
 {steps} (loops over time), "all" also counts the 5-iteration loops of the threefry PRNG hash
 (CPU). The forward program `jit(vmap(model))` has {fwd} loop(s) over time; the look-ahead
-gradient runs two rollouts (inner and outer). HLO ops: `harness.hlo_op_count`. Peak memory:
+gradient runs two rollouts (inner and outer). HLO ops: `hlo_stats.hlo_op_count`. Peak memory:
 `compiled.memory_analysis()`, temp_size_in_bytes + argument_size_in_bytes +
 output_size_in_bytes - alias_size_in_bytes.
 """
@@ -328,13 +343,15 @@ difference per key: max |Δ| / max |g_hand| over coordinates.
 def main(argv=None) -> int:
     parser = harness.arg_parser(__doc__)
     parser.add_argument("--part", choices=("A", "B"), default=None, help="run one part only")
+    parser.add_argument("--repeats", type=int, default=None, help="part A's timed rounds")
+    parser.add_argument("--steps", type=int, default=None, help="part A's rollout length")
     args = parser.parse_args(argv)
     out = args.out or harness.results_path("loops")
     title = "jax_scg loops: derivatives through lax.scan, and batched environments"
     text = [harness.environment_header(title, args.quick)]
     print(text[0], flush=True)
     if args.part in (None, "A"):
-        text += run_part_a(args.quick)
+        text += run_part_a(args.quick, args.repeats, args.steps)
     if args.part in (None, "B"):
         text += run_part_b(args.quick)
     harness.write_report(out, "\n".join(text))

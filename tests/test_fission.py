@@ -78,13 +78,85 @@ def test_derivatives_loop_over_time_only_forward(model):
         assert in_loop > fissioned, (name, in_loop)
 
 
-def assert_same_at_three_orders(fn, theta, key, rtol=1e-6):
-    on, off = scg.surrogate(fn, fission=True), scg.surrogate(fn, fission=False)
-    np.testing.assert_allclose(on(theta, key), off(theta, key), rtol=rtol)
-    for derivative in (jax.grad, jax.hessian, lambda f: jax.jacfwd(jax.hessian(f))):
-        np.testing.assert_allclose(
-            derivative(on)(theta, key), derivative(off)(theta, key), rtol=rtol, atol=1e-9
+@pytest.mark.parametrize("model", [stacked, carried], ids=["stacked", "carried"])
+def test_auto_fissions_the_derivatives_that_are_differentiated_again(model):
+    # "auto" (the default): on CPU a first-order derivative differentiates the loop as
+    # written (fission=False's program: a forward and a backward loop); wherever the
+    # surrogate's inputs are themselves being differentiated, the fissioned rewrite (one
+    # loop). Off CPU every derivative is fissioned.
+    theta, key, many = jnp.array([0.1, -0.2, 0.3]), jax.random.key(2), keys(930, 3)
+    surrogate = scg.surrogate(model)
+    first = {
+        "grad": (scg.grad(model), (theta, key)),
+        "value_and_grad": (scg.value_and_grad(model), (theta, key)),
+        "vmap(grad)": (jax.vmap(scg.grad(model), (None, 0)), (theta, many)),
+    }
+    on_cpu = jax.default_backend() == "cpu"
+    for name, (fn, args) in first.items():
+        assert trip_counts(fn, *args).count(T) == (2 if on_cpu else 1), name
+    chosen = False if on_cpu else True
+    for derivative in (
+        scg.grad,
+        lambda f, fission="auto": jax.jacfwd(scg.surrogate(f, fission=fission)),
+    ):
+        assert hlo_ops(derivative(model), theta, key) == hlo_ops(
+            derivative(model, fission=chosen), theta, key
         )
+    higher = {
+        "hessian": (jax.hessian(surrogate), (theta, key)),
+        "grad of grad": (jax.grad(lambda t, k: scg.grad(model)(t, k).sum()), (theta, key)),
+        "jacfwd(vmap(jacrev))": (
+            jax.jacfwd(jax.vmap(jax.jacrev(surrogate), (None, 0))),
+            (theta, many),
+        ),
+        "vmap(hessian)": (jax.vmap(jax.hessian(surrogate), (None, 0)), (theta, many)),
+    }
+    for name, (fn, args) in higher.items():
+        assert trip_counts(fn, *args).count(T) == 1, name
+
+    # A look-ahead gradient: the inner gradient is differentiated again (fissioned, one
+    # loop), the outer surrogate only once (as written on CPU: two).
+    def lookahead(t, k):
+        return surrogate(t - 0.1 * scg.grad(model)(t, k), jax.random.fold_in(k, 1))
+
+    assert trip_counts(jax.grad(lookahead), theta, key).count(T) == (3 if on_cpu else 2)
+    # The same through scg.grad (LOLA-DiCE): the inner gradient is traced into the program
+    # that the outer rewrite differentiates, so it is fissioned too.
+    assert trip_counts(scg.grad(lookahead), theta, key).count(T) == (3 if on_cpu else 2)
+
+
+@pytest.mark.parametrize(
+    "setting, platform, differentiated, fissioned",
+    [
+        ("auto", "cpu", False, False),
+        ("auto", "cpu", True, True),
+        ("auto", "gpu", False, True),
+        ("auto", "tpu", False, True),
+        (True, "cpu", False, True),
+        (False, "gpu", True, False),
+    ],
+)
+def test_which_derivatives_are_fissioned(setting, platform, differentiated, fissioned):
+    from jax_scg._src.surrogate import fissioned_derivative
+
+    assert fissioned_derivative(setting, platform, differentiated) is fissioned
+
+
+def test_a_fission_setting_other_than_true_false_auto_is_refused():
+    with pytest.raises(ValueError, match=r"fission='always' is not one of True, False and 'auto'"):
+        scg.grad(stacked, fission="always")
+
+
+def assert_same_at_three_orders(fn, theta, key, rtol=1e-6, settings=(True,)):
+    """``fn``'s surrogate with each fission setting equals the unfissioned one at orders 0-3."""
+    off = scg.surrogate(fn, fission=False)
+    for setting in settings:
+        on = scg.surrogate(fn, fission=setting)
+        np.testing.assert_allclose(on(theta, key), off(theta, key), rtol=rtol)
+        for derivative in (jax.grad, jax.hessian, lambda f: jax.jacfwd(jax.hessian(f))):
+            np.testing.assert_allclose(
+                derivative(on)(theta, key), derivative(off)(theta, key), rtol=rtol, atol=1e-9
+            )
 
 
 # --- the loop forms, each with or without fission -------------------------------------------
@@ -205,8 +277,9 @@ FORMS = [
 def test_values_and_derivatives_equal_with_and_without_fission(fn):
     with jax.enable_x64(True):
         theta = jnp.array([0.3, -0.4, 0.2])
-        for key in keys(900 + FORMS.index(fn), 2):
-            assert_same_at_three_orders(fn, theta, key)
+        first, second = keys(900 + FORMS.index(fn), 2)
+        assert_same_at_three_orders(fn, theta, first, settings=(True, "auto"))
+        assert_same_at_three_orders(fn, theta, second)
 
 
 @pytest.mark.parametrize(
@@ -223,20 +296,22 @@ def test_values_and_derivatives_equal_with_and_without_fission(fn):
 )
 def test_fission_applies_exactly_where_no_derivative_reaches_the_carry(fn, fissioned):
     theta, key = jnp.array([0.3, -0.4, 0.2]), jax.random.key(1)
-    gradient_loops = trip_counts(scg.grad(fn), theta, key).count(SHORT)
+    gradient_loops = trip_counts(scg.grad(fn, fission=True), theta, key).count(SHORT)
     assert gradient_loops == (1 if fissioned else 2)
 
 
 def test_fission_under_jit_and_vmap_equals_eager():
     theta, many = jnp.array([0.3, -0.4, 0.2]), keys(910, 4)
-    batched = jax.jit(jax.vmap(scg.grad(batched_with_baseline), in_axes=(None, 0)))(theta, many)
-    for key, estimate in zip(many, batched):
-        np.testing.assert_allclose(
-            estimate,
-            scg.grad(batched_with_baseline, fission=False)(theta, key),
-            rtol=1e-5,
-            atol=1e-6,
-        )
+    for setting in (True, "auto"):
+        grad = scg.grad(batched_with_baseline, fission=setting)
+        batched = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(theta, many)
+        for key, estimate in zip(many, batched):
+            np.testing.assert_allclose(
+                estimate,
+                scg.grad(batched_with_baseline, fission=False)(theta, key),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
 def hlo_ops(fn, *args) -> int:
@@ -252,9 +327,10 @@ def test_forward_only_costs_what_the_loop_as_written_costs(model):
     value = lambda fission: jax.vmap(scg.surrogate(model, fission=fission), (None, 0))  # noqa: E731
     assert hlo_ops(value(True), theta, many) == hlo_ops(value(False), theta, many)
     np.testing.assert_allclose(value(True)(theta, many), value(False)(theta, many), rtol=1e-6)
-    values, grads = jax.vmap(scg.value_and_grad(model), (None, 0))(theta, many)
+    values, grads = jax.vmap(scg.value_and_grad(model, fission=True), (None, 0))(theta, many)
     np.testing.assert_allclose(values, value(False)(theta, many), rtol=1e-6)
-    assert trip_counts(jax.vmap(scg.grad(model), (None, 0)), theta, many).count(T) == 1
+    gradient = jax.vmap(scg.grad(model, fission=True), (None, 0))
+    assert trip_counts(gradient, theta, many).count(T) == 1
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -52,8 +52,9 @@ class Node:
         branch, the value feeding another site), for every cost; else None.
       loop: for sites and costs inside a top-level ``lax.scan`` that the rewrite changes, how
         it runs that loop: ``"fissioned"`` (scores, boxes and costs after the loop,
-        vectorised: no backward pass through time) or ``"not fissioned: REASON"``
-        (README, "Loops"); else None.
+        vectorised: no backward pass through time, for the derivatives that the ``fission``
+        setting gives to the split loop) or ``"not fissioned: REASON"`` (README, "Loops");
+        else None.
     """
 
     id: str

@@ -80,7 +80,9 @@ class Options:
         grad), which JAX's implicit Gamma/Beta/Dirichlet gradients do not support.
       fission: split loops so that scores, boxes and costs are computed after them,
         vectorised over iterations, where that removes the backward pass through time
-        (``loops.py``); off gives the straightforward rewrite (same values).
+        (``loops.py``); off gives the straightforward rewrite (same values). ``"auto"``
+        plans the split like ``True``; ``surrogate._evaluate`` then picks, per derivative,
+        which of the two rewrites it differentiates.
     """
 
     validate: bool = False
@@ -88,7 +90,7 @@ class Options:
     fit_baselines: bool = False
     log_prob_offsets: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _NO_NAMES)
     reverse_over_reverse: bool = False
-    fission: bool = True
+    fission: bool | str = True
 
 
 def magic_box(tau):

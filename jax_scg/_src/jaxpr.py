@@ -295,3 +295,26 @@ def sum_over_varying(x, axes):
     an axis is the same on every device there, so it is taken once, not once per device."""
     summed = tuple(a for a in axes if a in _varying_axes(jax.typeof(x)))
     return jax.lax.psum(x, summed) if summed else x
+
+
+# Tracers of forward- and reverse-mode differentiation (``jax.jvp``/``jacfwd``; ``grad``,
+# ``vjp``, ``jacrev`` and ``linearize``, which trace with one of these depending on JAX's
+# ``use_direct_linearize``), and tracers that wrap another value in ``.val`` (``vmap``'s,
+# ``shard_map``'s), which are looked through.
+_DIFFERENTIATING_TRACERS = frozenset({"JVPTracer", "LinearizeTracer"})
+
+
+def is_differentiated(tree) -> bool:
+    """Whether a leaf of ``tree`` is being differentiated by an enclosing ``jax.jvp``,
+    ``grad``, ``jacfwd``, ... (through any ``vmap`` or ``shard_map`` around it).
+
+    What a ``jit`` or ``scan`` being traced will later do with its values cannot be seen: a
+    value traced into a jaxpr counts as not differentiated.
+    """
+    for leaf in jax.tree_util.tree_leaves(tree):
+        x = leaf
+        while isinstance(x, jax.core.Tracer):
+            if type(x).__name__ in _DIFFERENTIATING_TRACERS:
+                return True
+            x = getattr(x, "val", None)
+    return False

@@ -12,7 +12,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from jax_scg._src import discontinuities, interpreter, primitive
-from jax_scg._src.jaxpr import scope_from_jaxpr
+from jax_scg._src.jaxpr import is_differentiated, scope_from_jaxpr
 
 
 def _function_name(fn) -> str:
@@ -127,12 +127,22 @@ def _check_objective(fn, shape):
 
 
 def _options(validate, baselines, fission, **more) -> interpreter.Options:
+    if not (fission is True or fission is False or fission == "auto"):
+        raise ValueError(
+            f"jax_scg: fission={fission!r} is not one of True, False and 'auto'.\n  What to "
+            "do: leave it at 'auto' (the default), or pass True or False to force a strategy."
+        )
     names = types.MappingProxyType(dict(baselines or {}))
     return interpreter.Options(validate=validate, baselines=names, fission=fission, **more)
 
 
 def surrogate(
-    fn, *, has_aux: bool = False, validate: bool = False, baselines=None, fission: bool = True
+    fn,
+    *,
+    has_aux: bool = False,
+    validate: bool = False,
+    baselines=None,
+    fission: bool | str = "auto",
 ):
     """Turns ``fn`` into a surrogate objective whose derivatives estimate those of E[fn].
 
@@ -158,12 +168,16 @@ def surrogate(
         call ``err.throw()``; eagerly, a failed check raises at once.
       baselines: optional ``{site name: baseline}`` for named score-function sites, used as
         if passed to ``sample(..., baseline=...)`` (see ``jax_scg.baselines``).
-      fission: split ``lax.scan`` loops whose carries carry no derivative (rollouts whose
-        dynamics do not depend on the parameters) so that log-probabilities, baselines,
-        costs and magic boxes are computed after the loop, vectorised over iterations:
-        derivatives of any order then need no backward pass through the loop. Values and
-        derivatives are the same either way (up to float rounding); ``False`` keeps every
-        loop as written (see the README's "Loops" section).
+      fission: how derivatives treat ``lax.scan`` loops whose carries carry no derivative
+        (rollouts whose dynamics do not depend on the parameters). ``True``: split them, so
+        that log-probabilities, baselines, costs and magic boxes are computed after the
+        loop, vectorised over iterations: derivatives of any order then need no backward
+        pass through the loop. ``False``: keep every loop as written. ``"auto"`` (the
+        default): split them for derivatives that are differentiated again (Hessians,
+        look-ahead gradients) and for every derivative on GPU and TPU; a first-order
+        derivative on CPU keeps the loop as written, which is faster there. Values and
+        derivatives are the same in every case (up to float rounding); see the README's
+        "Loops" section.
 
     Returns:
       A function with the same signature returning the surrogate (and ``aux``).
@@ -222,10 +236,34 @@ def _has_loop(scope) -> bool:
     return any(eqn.name == "scan" or any(map(_has_loop, eqn.subs)) for eqn in scope.eqns)
 
 
+def fissioned_derivative(fission, platform: str, differentiated: bool) -> bool:
+    """Whether a derivative of a surrogate with loops uses the fissioned rewrite.
+
+    Args:
+      fission: the user's setting: ``True``, ``False`` or ``"auto"``.
+      platform: the default backend (``"cpu"``, ``"gpu"``, ``"tpu"``).
+      differentiated: whether the surrogate's inputs are themselves being differentiated
+        (the derivative asked for is part of one of order two or more: a Hessian, a
+        look-ahead gradient).
+
+    Returns:
+      For ``"auto"``: the fissioned rewrite for every derivative off CPU (it loops over time
+      once, where the loop as written needs a second, backward loop) and, on CPU, for the
+      derivatives that will be differentiated again (no nested backward loops); a
+      first-order derivative on CPU differentiates the loop as written, which is faster
+      there for rollouts with a cheap step (``benchmarks/RESULTS.md``). Values are equal
+      either way.
+    """
+    if fission == "auto":
+        return platform != "cpu" or differentiated
+    return bool(fission)
+
+
 def _evaluate(scope, flat_args, options: interpreter.Options):
     """``interpreter.evaluate_surrogate``; with fission, the loops as written give the value
-    and the fissioned rewrite gives every derivative (a ``custom_jvp``), so a forward pass
-    alone costs what the unfissioned surrogate costs."""
+    and the fissioned rewrite gives the derivatives (a ``custom_jvp``) that
+    ``fissioned_derivative`` picks, so a forward pass alone costs what the unfissioned
+    surrogate costs."""
     if not (options.fission and _has_loop(scope)):
         return interpreter.evaluate_surrogate(scope, flat_args, options)
     # Arrays the options carry (baselines and offsets by name, possibly traced and
@@ -249,8 +287,15 @@ def _evaluate(scope, flat_args, options: interpreter.Options):
 
         return run
 
+    def derivative(primals, tangents):
+        # Differentiated again: by an enclosing jvp/grad, or by the jax_scg rewrite whose
+        # program is being traced (``scg.grad`` of a function that calls ``scg.grad``).
+        again = is_differentiated(primals) or primitive.tracing_for_a_rewrite()
+        fissioned = fissioned_derivative(options.fission, jax.default_backend(), again)
+        return jax.jvp(flat(fissioned), primals, tangents)
+
     value = jax.custom_jvp(flat(False))
-    value.defjvp(lambda primals, tangents: jax.jvp(flat(True), primals, tangents))
+    value.defjvp(derivative)
     objective, *outputs = value(*flat_args, *carried_leaves)
     return objective, outputs
 
@@ -276,7 +321,7 @@ def grad(
     validate: bool = False,
     baselines=None,
     critic_argnums=None,
-    fission: bool = True,
+    fission: bool | str = "auto",
 ):
     """An unbiased estimator of the gradient of E[fn]; conventions of ``jax.grad``.
 
@@ -354,7 +399,7 @@ def value_and_grad(
     validate: bool = False,
     baselines=None,
     critic_argnums=None,
-    fission: bool = True,
+    fission: bool | str = "auto",
 ):
     """The value of ``fn`` and an unbiased estimate of the gradient of E[fn].
 
@@ -427,7 +472,7 @@ def grad_and_downstream_costs(
     has_aux: bool = False,
     validate: bool = False,
     baselines=None,
-    fission: bool = True,
+    fission: bool | str = "auto",
 ):
     """``scg.grad`` and ``scg.downstream_costs`` from one trace and the same draws.
 
