@@ -753,12 +753,6 @@ def _user_frame(tb) -> tuple[str, str]:
     return found
 
 
-def tracing_for_a_rewrite() -> bool:
-    """Whether a jax_scg transformation is tracing a user's program now (``tracing_for_sites``):
-    a derivative computed inside it is part of the program that gets differentiated."""
-    return DRAWN_WHILE_TRACING.get() is not None
-
-
 def tracing_for_sites(fn_name: str, trace):
     """Runs ``trace()`` (a ``jax.make_jaxpr`` of the user's program); Python control flow
     on a traced value becomes a ``TypeError`` that says why, where, and what to do."""
