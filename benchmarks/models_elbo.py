@@ -304,8 +304,16 @@ def numpyro_sbn_grad(x, unravel):
     return grad
 
 
-def sbn_handwritten(flat, key, x, unravel):
+def sbn_stop_model(p):
+    """The model's parameters (W, b) stopped, the guide's (V, c) kept."""
+    return {k: v if k[0] in "Vc" else lax.stop_gradient(v) for k, v in p.items()}
+
+
+def sbn_handwritten(flat, key, x, unravel, stop_model=False):
     """DiCE by hand with jax_scg's credit: per image, and within an image per element.
+
+    With ``stop_model``, the model's parameters are stopped: only the scores keep their
+    derivatives (the score-stream of ``sbn_forms.py``'s first-order form).
 
     In image i, with logits a = x V1ᵀ + c1 of q(z1), b = z1 V2ᵀ + c2 of q(z2),
     l2 = z2 W2ᵀ + b2 of p(z1 | z2), l1 = z1 W1ᵀ + b1 of p(x | z1):
@@ -320,7 +328,7 @@ def sbn_handwritten(flat, key, x, unravel):
       softplus(b) by z1 (box ⊡(τ1));
     - log p(z2) = z2·0 − log 2 under the Bernoulli(½) prior: a constant.
     """
-    p = unravel(flat)
+    p = sbn_stop_model(unravel(flat)) if stop_model else unravel(flat)
     k1, k2 = jax.random.split(key)
     a = x @ p["V1"].T + p["c1"]
     q1 = D.Bernoulli(logits=a)

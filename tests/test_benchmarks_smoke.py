@@ -133,6 +133,26 @@ def test_sbn_profile_quick_runs(tmp_path):
     assert int(hlo[0][1]) > 100 and int(hlo[0][3]) == 3  # vmap(grad): 3 batched dots
 
 
+def test_sbn_forms_quick_runs(tmp_path):
+    """The SBN in jax_scg's, hand-written DiCE and score forms and NumPyro's: the same
+    gradients key by key where the credit is the same, second derivatives apart."""
+    text = run_quick("sbn_forms.py", str(tmp_path / "f.md"))
+    rows = {r[0]: r for r in _table(text, "| system | est/s / NumPyro, P=8 [IQR] |")}
+    assert list(rows) == [
+        "1. jax_scg", "2. hand DiCE, jax_scg's credit", "3. hand DiCE, per-image credit",
+        "4. hand score form, jax_scg's credit", "5. hand score form, per-image credit",
+        "6. NumPyro TraceGraph_ELBO",
+    ]  # fmt: skip
+    for r in rows.values():
+        assert float(r[1].split()[0]) > 0 and int(r[3]) > 100
+    for name, same in [("2.", "1"), ("4.", "1"), ("5.", "3")]:
+        row = next(r for k, r in rows.items() if k.startswith(name))
+        assert row[4].split()[0] == same and float(row[4].split("(")[1].rstrip(")")) < 1e-5
+    for name in ("4.", "5."):  # first order only: Hessian-vector products differ from DiCE's
+        row = next(r for k, r in rows.items() if k.startswith(name))
+        assert float(row[5].split()[0]) > 1e-3
+
+
 def test_rewrite_time_takes_sizes(tmp_path):
     out = str(tmp_path / "r.md")
     script = os.path.join(ROOT, "benchmarks", "rewrite_time.py")
