@@ -17,8 +17,8 @@ NumPyro's ``TraceGraph_ELBO``, and the hand-written forms below take them apart:
   DiCE's but whose second derivatives are not an estimator of the Hessian (they lack the
   products of scores). A library that promises Hessians cannot emit the score form as is.
 
-Systems (each row's gradient is checked against the first row's, key by key, where they are
-the same estimator; the "Hessian" column compares Hessian-vector products with DiCE's):
+Systems (rows 2 and 4 are checked key by key against row 1, row 5 against row 3: the same
+estimator; the "Hessian" column compares Hessian-vector products with DiCE's):
 
 1. ``jax_scg``: ``scg.grad(models_elbo.sbn_elbo)``;
 2. hand-written DiCE, jax_scg's credit (``models_elbo.sbn_handwritten``);
@@ -33,9 +33,10 @@ Timings: ``harness.time_interleaved`` rounds, ratios of medians measured in the 
 (est/s of a system over NumPyro's, so above 1 is faster than NumPyro), with the interquartile
 range of the per-round ratios; XLA's temporary buffer (``memory_analysis``) and HLO op counts.
 
-XLA:CPU's library ("YNN") fusions of reductions enlarge the temporary buffer of these
-programs (by 30-60 MB at P = 1024); ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce``
-turns them off, and the report's header records the flags it ran with.
+XLA:CPU's library ("YNN") fusions of reductions enlarge the temporary buffer of the JAX
+forms (by 25-60 MB at P = 1024; NumPyro's by 5 MB);
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce`` turns them off, and the
+report's header records the flags it ran with.
 
 Writes ``benchmarks/results/sbn_forms_<platform>.md``.
 """
