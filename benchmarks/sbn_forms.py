@@ -22,8 +22,9 @@ estimator; the "Hessian" column compares Hessian-vector products with DiCE's):
 
 1. ``jax_scg``: ``scg.grad(models_elbo.sbn_elbo)``;
 2. hand-written DiCE, jax_scg's credit (``models_elbo.sbn_handwritten``);
-3. hand-written DiCE, per-image credit (NumPyro's granularity, without the constant terms it
-   also puts in the costs: ``sbn_ablation.py``);
+3. hand-written DiCE, per-image credit: the costs ``TraceGraph_ELBO`` gives each site (for
+   z1 its image's whole ELBO, for z2 log p(z2) + log p(z1 | z2) − log q(z2);
+   ``sbn_ablation.py``);
 4. hand-written score form, jax_scg's credit (first order only);
 5. hand-written score form, per-image credit (first order only: NumPyro's form, written in
    JAX);
