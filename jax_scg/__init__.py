@@ -10,6 +10,7 @@ from jax_scg import estimators as estimators
 from jax_scg._src.condition import condition as condition
 from jax_scg._src.errors import FallbackWarning as FallbackWarning
 from jax_scg._src.errors import SiteError as SiteError
+from jax_scg._src.errors import UnscoredDrawWarning as UnscoredDrawWarning
 from jax_scg._src.graph import Graph as Graph
 from jax_scg._src.graph import graph as graph
 from jax_scg._src.interpreter import magic_box as magic_box
@@ -45,5 +46,6 @@ __all__ = [
     "sample",
     "sample_and_log_prob",
     "surrogate",
+    "UnscoredDrawWarning",
     "value_and_grad",
 ]

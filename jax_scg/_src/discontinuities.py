@@ -97,6 +97,20 @@ class Jump:
         return f"`{self.operation}` ({self.source})" if self.source else f"`{self.operation}`"
 
 
+def grow_to_fixpoint(carry: list, step, join) -> tuple:
+    """Walks a loop body until the marks of its carries stop growing.
+
+    Repeats ``carry = [join(c, o) for c, o in zip(carry, step(carry))]``; returns the final
+    carries and the last ``step`` outputs (computed from them).
+    """
+    while True:
+        outs = step(carry)
+        grown = [join(c, o) for c, o in zip(carry, outs)]
+        if grown == carry:
+            return grown, outs
+        carry = grown
+
+
 class _Walker:
     """Walks a program forward with each value's ``Marks``.
 
@@ -235,25 +249,18 @@ class _Walker:
     def scan(self, eqn: Eqn, ins) -> list:
         nc, nk = scan_counts(eqn.params)
         (body,) = eqn.subs
-        carry = list(ins[nc : nc + nk])
-        while True:
-            outs = self.walk(body, list(ins[:nc]) + carry + list(ins[nc + nk :]))
-            grown = [c | o for c, o in zip(carry, outs[:nk])]
-            if grown == carry:
-                return grown + outs[nk:]
-            carry = grown
+        consts, xs = list(ins[:nc]), list(ins[nc + nk :])
+        step = lambda carry: self.walk(body, consts + carry + xs)
+        carry, outs = grow_to_fixpoint(list(ins[nc : nc + nk]), step, Marks.__or__)
+        return carry + outs[nk:]
 
     def while_loop(self, scope: Scope, eqn: Eqn, ins) -> list:
         p = eqn.params
         n_cond, n_body = p["cond_nconsts"], p["body_nconsts"]
         cond, body = eqn.subs
         cond_consts, body_consts = list(ins[:n_cond]), list(ins[n_cond : n_cond + n_body])
-        carry = list(ins[n_cond + n_body :])
-        while True:
-            grown = [c | o for c, o in zip(carry, self.walk(body, body_consts + carry))]
-            if grown == carry:
-                break
-            carry = grown
+        step = lambda carry: self.walk(body, body_consts + carry)
+        carry, _ = grow_to_fixpoint(list(ins[n_cond + n_body :]), step, Marks.__or__)
         (predicate,) = self.walk(cond, cond_consts + carry)
         # A trip count that depends on a site's value: the carries jump with it.
         jumps = Marks(jump=self.jump(predicate.sites(), eqn))

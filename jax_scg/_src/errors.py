@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+import jax
+
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (sys.modules[__name__.rsplit("._src", 1)[0]], jax)
+)
+
 
 class SiteError(ValueError):
     """A `scg.sample` site was used in a way that would give a wrong or undefined gradient.
@@ -18,6 +27,15 @@ class SiteError(ValueError):
       ...     print(str(err).splitlines()[0][:39])
       jax_scg: site 'x': estimator="pathwise"
     """
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that names the first frame of the caller's code
+    (outside jax_scg and JAX), so that a warning points at the user's call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def site_message(label: str, problem: str, fix: str) -> str:
@@ -44,6 +62,28 @@ class FallbackWarning(UserWarning):
       ...     _ = scg.grad(f)(jnp.zeros(4), jax.random.key(0))
       >>> print(str(caught[0].message).splitlines()[0])
       jax_scg: site 'z': per-element credit falls back to the whole site at `fft`.
+    """
+
+
+class UnscoredDrawWarning(UserWarning):
+    """The objective depends on a random choice that no ``sample`` site scores.
+
+    A plain ``jax.random`` draw of parameters that carry the derivative
+    (``jax.random.bernoulli(key, p)``, ``categorical(key, logits)``, a comparison of uniform
+    noise with them) has derivative zero: its score term is missing and the gradient is
+    biased. The warning names the operation and the line; draw it with `scg.sample` instead,
+    or pass ``lax.stop_gradient`` of the parameters where an estimator of your own (such as
+    straight-through) is meant.
+
+    Examples:
+      >>> import warnings, jax, jax_scg as scg
+      >>> def f(theta, key):
+      ...     return 2.0 * jax.random.bernoulli(key, jax.nn.sigmoid(theta))
+      >>> with warnings.catch_warnings(record=True) as caught:
+      ...     warnings.simplefilter("always")
+      ...     _ = scg.grad(f)(0.0, jax.random.key(0))
+      >>> caught[0].category is scg.UnscoredDrawWarning
+      True
     """
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from jax_scg._src import discontinuities, interpreter, primitive
+from jax_scg._src import discontinuities, interpreter, primitive, unscored
 from jax_scg._src.jaxpr import is_differentiated, scope_from_jaxpr
 
 
@@ -233,6 +233,8 @@ def _surrogate(fn, has_aux: bool, options: interpreter.Options):
             )
         if options.baselines:
             _check_baseline_names(fn, scope, options.baselines)
+        differentiated = [is_differentiated(a) for a in flat_args]
+        unscored.warn_unscored_draws(scope, differentiated, _function_name(fn))
         named = {*options.baselines, *options.log_prob_offsets}
         if named:
             discontinuities.unsplit_named_sites(scope, named)
