@@ -228,7 +228,13 @@ def _jitted_primitive(key):
         return primitive.bind(*args, **params)
 
     call.__name__ = call.__qualname__ = primitive.name
-    return jax.jit(call, inline=True)
+    return jax.jit(call, inline=_INLINED_WHEN_TRACED)
+
+
+# ``jax.jit(inline=True)`` inlined the call into the jaxpr being traced up to JAX 0.10; from
+# JAX 0.11 it means "inline when lowering" (``jax.Inline.JAX_LATE``) and the traced-time
+# inlining that jax.numpy uses is ``jax.Inline.JAX_EARLY``.
+_INLINED_WHEN_TRACED = jax.Inline.JAX_EARLY if hasattr(jax, "Inline") else True
 
 
 def _varying_axes(aval) -> frozenset:
