@@ -11,7 +11,9 @@ A forward walk marks every value with four facts (``Marks``):
 
 - ``bits``: raw random bits (``random_bits`` and the like, through bit operations only);
 - ``noise``: a floating-point value computed from raw bits (a uniform, a Gumbel, a Normal);
-- ``diff``: it may carry a derivative with respect to the differentiated inputs;
+- ``diff``: it may carry a derivative with respect to the differentiated inputs, other than
+  through a ``sample`` site (a jump in a reparameterised site's value is
+  ``discontinuities.py``'s: that site takes the score function there);
 - ``draw``: it depends on an unscored draw (the first operation that made one).
 
 An unscored draw is made where an integer or boolean (a comparison, ``argmax``, a float to
@@ -31,7 +33,6 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from jax_scg._src import primitive
 from jax_scg._src.discontinuities import grow_to_fixpoint
 from jax_scg._src.errors import UnscoredDrawWarning, user_stacklevel
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, scan_counts
@@ -138,7 +139,7 @@ class _Walker:
     def equation(self, scope: Scope, eqn: Eqn, ins) -> list:
         marks = _union(ins)
         if eqn.is_site:
-            return [self.site(scope, eqn, ins, marks)]
+            return [self.site(marks)]
         if eqn.name in _BITS:
             return [Marks(bits=True, draw=marks.draw)] * len(eqn.outputs)
         if eqn.name in _NOISE:
@@ -161,13 +162,13 @@ class _Walker:
                 return self.walk(sub, ins)
         return self.default(scope, eqn, ins, marks)
 
-    def site(self, scope: Scope, eqn: Eqn, ins, marks: Marks) -> Marks:
-        # The site's own randomness is scored (or reparameterised); an unscored draw in its
-        # parameters is carried on to what its value reaches.
-        site = eqn.params["site"]
-        out = scope.avals[eqn.outputs[0]]
-        pathwise = site.resolved_estimator(out.dtype) == primitive.PATHWISE
-        return Marks(diff=pathwise and marks.diff and _inexact(out), draw=marks.draw)
+    @staticmethod
+    def site(marks: Marks) -> Marks:
+        # The site's own randomness is scored, or reparameterised, and a jump in a
+        # reparameterised value is ``discontinuities.py``'s (the site takes the score there),
+        # so its value carries no derivative here; an unscored draw in its parameters is
+        # carried on to what its value reaches.
+        return Marks(draw=marks.draw)
 
     def default(self, scope: Scope, eqn: Eqn, ins, marks: Marks) -> list:
         if not (marks.bits or marks.noise or marks.draw):
