@@ -247,3 +247,30 @@ def test_int_of_a_traced_argument_says_the_function_is_traced():
     with pytest.raises(TypeError, match=r"(?s)int\(theta\).*trace loss.*lax.cond") as info:
         scg.grad(loss)(0.3, jax.random.key(0))
     assert "drawn before" not in str(info.value)
+
+
+def _fft_credit(theta, key):
+    z = scg.sample(key, D.Bernoulli(logits=theta))
+    return jnp.sum(jnp.fft.fft(z).real)  # no per-element rule: whole-site credit
+
+
+def _pathwise_round(theta, key):
+    return jnp.round(scg.sample(key, D.Normal(theta, 1.0), estimator="pathwise"))
+
+
+def _shared_key(theta, key):
+    return scg.sample(key, D.Bernoulli(logits=theta)) + jax.random.normal(key)
+
+
+@pytest.mark.parametrize(
+    "fn, theta", [(_fft_credit, jnp.zeros(4)), (_pathwise_round, 0.3), (_shared_key, 0.3)]
+)
+def test_every_warning_points_at_the_users_call(fn, theta):
+    """Warnings name the line that called jax_scg, not a frame inside jax_scg or JAX."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scg.grad(fn)(theta, KEY)
+    assert [w.category for w in caught] == [scg.FallbackWarning]
+    assert caught[0].filename == __file__

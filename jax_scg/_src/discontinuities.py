@@ -30,20 +30,20 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from jax_scg._src import primitive
-from jax_scg._src.errors import FallbackWarning, site_message
+from jax_scg._src.errors import FallbackWarning, site_message, user_stacklevel
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, scan_counts
 
 # Piecewise constant: zero derivative, jumps between the pieces.
-_STEPS = frozenset({"round", "floor", "ceil", "sign"})
+STEPS = frozenset({"round", "floor", "ceil", "sign"})
 # Piecewise continuous with jumps and a nonzero derivative inside the pieces.
-_JUMPY = frozenset({"rem"})
+JUMPY = frozenset({"rem"})
 # The user's own derivative rules (and stop_gradient): not looked into.
-_OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
+OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
 # Sub-programs called once, as a function is: a jump inside one is a jump of the call.
 _CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"})
 
 
-def _inexact(aval) -> bool:
+def inexact(aval) -> bool:
     return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
@@ -169,7 +169,7 @@ class _Walker:
             return [self.site(scope, eqn, ins)]
         if eqn.name == "stop_gradient":
             return [EMPTY] * len(eqn.outputs)
-        if eqn.name in _OPAQUE:
+        if eqn.name in OPAQUE:
             return [self.opaque(scope, eqn, _union(ins), o) for o in eqn.outputs]
         if eqn.name == "scan":
             return self.scan(eqn, ins)
@@ -202,7 +202,7 @@ class _Walker:
         if scope is not self.root or site.has_baseline:
             self.whole_site.add(eqn.uid)
         estimator = site.resolved_estimator(scope.avals[eqn.outputs[0]].dtype)
-        if estimator == primitive.SCORE_FUNCTION or not _inexact(scope.avals[eqn.outputs[0]]):
+        if estimator == primitive.SCORE_FUNCTION or not inexact(scope.avals[eqn.outputs[0]]):
             # The value is drawn (not differentiated); its parameters' influence goes
             # through its score, which is differentiable. Jumps upstream stay jumps.
             return Marks(jump=parents.jump)
@@ -213,7 +213,7 @@ class _Walker:
         return kept
 
     def opaque(self, scope: Scope, eqn: Eqn, marks: Marks, out) -> Marks:
-        if _inexact(scope.avals[out]):
+        if inexact(scope.avals[out]):
             return Marks(pw=marks.pw | marks.ints, jump=marks.jump)
         return marks.as_integer()
 
@@ -221,17 +221,17 @@ class _Walker:
         marks = _union(ins)
         if not marks:
             return [EMPTY] * len(eqn.outputs)
-        step, jumpy = eqn.name in _STEPS, eqn.name in _JUMPY
+        step, jumpy = eqn.name in STEPS, eqn.name in JUMPY
         if not (marks.ints or step or jumpy):  # the common case: a differentiable operation
-            return [marks if _inexact(scope.avals[o]) else marks.as_integer() for o in eqn.outputs]
+            return [marks if inexact(scope.avals[o]) else marks.as_integer() for o in eqn.outputs]
         # Sites some floating-point input depends on differentiably: an integer computed
         # from the same site that picks among such values is assumed continuous.
         continuous = frozenset().union(
-            *(m.pw for ref, m in zip(eqn.inputs, ins) if _inexact(aval_of(ref, scope)))
+            *(m.pw for ref, m in zip(eqn.inputs, ins) if inexact(aval_of(ref, scope)))
         )
         outs = []
         for out in eqn.outputs:
-            if not _inexact(scope.avals[out]):
+            if not inexact(scope.avals[out]):
                 outs.append(marks.as_integer())
                 continue
             pw, jump = marks.pw, marks.jump
@@ -265,7 +265,7 @@ class _Walker:
         # A trip count that depends on a site's value: the carries jump with it.
         jumps = Marks(jump=self.jump(predicate.sites(), eqn))
         return [
-            c | (jumps if _inexact(scope.avals[o]) else EMPTY) for c, o in zip(carry, eqn.outputs)
+            c | (jumps if inexact(scope.avals[o]) else EMPTY) for c, o in zip(carry, eqn.outputs)
         ]
 
     def cond(self, scope: Scope, eqn: Eqn, ins) -> list:
@@ -274,7 +274,7 @@ class _Walker:
         outs = []
         for j, out in enumerate(eqn.outputs):
             merged = _union(b[j] for b in branch_outs)
-            if not _inexact(scope.avals[out]):
+            if not inexact(scope.avals[out]):
                 outs.append(merged | index.as_integer())
                 continue
             # the index picks among branches: continuous where their values depend on the
@@ -335,7 +335,7 @@ def mark_discontinuous_sites(scope: Scope, warn: bool = True) -> dict:
                     "with stop_gradient (x + stop_gradient(round(x) - x)).",
                 ),
                 FallbackWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
     return {uid: jump for uid, (_, jump, _) in found.items()}
 

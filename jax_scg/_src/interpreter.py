@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jax_scg._src import alignment, estimators, keys, primitive
-from jax_scg._src.errors import FallbackWarning, SiteError, site_message
+from jax_scg._src.errors import FallbackWarning, SiteError, site_message, user_stacklevel
 from jax_scg._src.jaxpr import (
     Const,
     Eqn,
@@ -1142,7 +1142,7 @@ def warn_credit_fallbacks(scope: Scope, analysis: Analysis):
                 "To silence: warnings.filterwarnings('ignore', category=scg.FallbackWarning).",
             ),
             FallbackWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
 
 

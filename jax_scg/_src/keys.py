@@ -19,7 +19,7 @@ import warnings
 import jax
 import numpy as np
 
-from jax_scg._src.errors import FallbackWarning, SiteError, site_message
+from jax_scg._src.errors import FallbackWarning, SiteError, site_message, user_stacklevel
 from jax_scg._src.jaxpr import Const, Scope, aval_of, scan_counts
 
 # Operations that only wrap or unwrap a key: the same random bits.
@@ -333,5 +333,5 @@ def check_keys(scope: Scope):
                     "split the key first and give the site and the other call their own keys.",
                 ),
                 FallbackWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )

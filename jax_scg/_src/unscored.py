@@ -31,9 +31,8 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
-import jax.numpy as jnp
-
-from jax_scg._src.discontinuities import grow_to_fixpoint
+from jax_scg._src.discontinuities import JUMPY, OPAQUE, STEPS, grow_to_fixpoint
+from jax_scg._src.discontinuities import inexact as _inexact
 from jax_scg._src.errors import UnscoredDrawWarning, user_stacklevel
 from jax_scg._src.jaxpr import Const, Eqn, Scope, aval_of, scan_counts
 
@@ -64,8 +63,7 @@ _BIT_OPS = frozenset(
         "copy_p",
     }
 )
-_STEPS = frozenset({"round", "floor", "ceil", "sign", "rem"})
-_OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
+_STEPS = STEPS | JUMPY
 
 
 class Draw(NamedTuple):
@@ -86,10 +84,6 @@ class Marks(NamedTuple):
 
 
 EMPTY = Marks()
-
-
-def _inexact(aval) -> bool:
-    return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
 def _union(marks) -> Marks:
@@ -146,7 +140,7 @@ class _Walker:
             return [Marks(noise=True, diff=marks.diff, draw=marks.draw)] * len(eqn.outputs)
         if eqn.name == "stop_gradient":
             return [m._replace(diff=False) for m in ins]
-        if eqn.name in _OPAQUE:
+        if eqn.name in OPAQUE:
             noisy = Marks(noise=marks.noise or marks.bits, diff=marks.diff, draw=marks.draw)
             return [noisy if _inexact(scope.avals[o]) else EMPTY._replace(draw=marks.draw)
                     for o in eqn.outputs]  # fmt: skip
